@@ -1,0 +1,37 @@
+#include <errno.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/ioctl.h>
+
+#include "kvm_helpers.h"
+
+long pyvmm_ioctl(int fd, unsigned long request, void *arg)
+{
+    long ret = ioctl(fd, request, arg);
+    return ret < 0 ? -errno : ret;
+}
+
+long pyvmm_ioctl_val(int fd, unsigned long request, unsigned long arg)
+{
+    long ret = ioctl(fd, request, arg);
+    return ret < 0 ? -errno : ret;
+}
+
+static void pyvmm_kick_handler(int sig)
+{
+    (void)sig; /* Its only job is to make a blocking KVM_RUN return EINTR. */
+}
+
+int pyvmm_install_kick_handler(void)
+{
+    /* glibc reserves the first real-time signals; SIGRTMIN is past them. */
+    int sig = SIGRTMIN + 1;
+    struct sigaction sa;
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = pyvmm_kick_handler;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(sig, &sa, NULL) < 0)
+        return -errno;
+    return sig;
+}

@@ -1,0 +1,18 @@
+/*
+ * Small C helpers for the KVM bindings. Declared to cffi in build_kvm.py.
+ *
+ * ioctl() is variadic, and errno is easy to lose between a C call and the
+ * Python code that inspects it, so the wrappers return -errno on failure
+ * instead. cffi releases the GIL around each call, so KVM_RUN blocks only
+ * the calling thread.
+ */
+long pyvmm_ioctl(int fd, unsigned long request, void *arg);
+long pyvmm_ioctl_val(int fd, unsigned long request, unsigned long arg);
+
+/*
+ * The signal used to kick a vCPU thread out of KVM_RUN. It gets an empty
+ * handler (not SIG_DFL, which would kill the process, and not SIG_IGN,
+ * which would never interrupt the ioctl). Returns the signal number, or
+ * -errno if the handler could not be installed.
+ */
+int pyvmm_install_kick_handler(void);

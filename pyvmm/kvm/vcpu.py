@@ -1,0 +1,135 @@
+"""A KVM vCPU file descriptor and its shared ``struct kvm_run`` page."""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+from typing import Any
+
+from pyvmm.kvm.ioctl import KvmError, ffi, ioctl, lib
+
+__all__ = ["Vcpu"]
+
+_KVM_RUN = lib.KVM_RUN
+
+
+class Vcpu:
+    """One vCPU. Its register ioctls must come from the thread that runs it,
+    or while it is not inside :meth:`run` (KVM serialises them anyway)."""
+
+    def __init__(self, fd: int, vcpu_id: int, mmap_size: int) -> None:
+        self.fd = fd
+        self.id = vcpu_id
+        self._mapping = mmap.mmap(fd, mmap_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        #: The mmap'd ``struct kvm_run``: exit reason and per-exit data.
+        self.run_struct: Any = ffi.from_buffer("struct kvm_run *", self._mapping)
+        #: The whole mapping, for data KVM places after the struct (PIO data).
+        self.run_page = memoryview(self._mapping)
+
+    # -- running ---------------------------------------------------------
+
+    def run(self) -> int:
+        """KVM_RUN; returns the exit reason. A signal or ``immediate_exit``
+        that interrupts the call is reported as KVM_EXIT_INTR."""
+        ret = lib.pyvmm_ioctl(self.fd, _KVM_RUN, ffi.NULL)
+        if ret < 0:
+            if ret == -errno.EINTR:
+                return int(lib.KVM_EXIT_INTR)
+            raise KvmError("KVM_RUN", -ret)
+        return int(self.run_struct.exit_reason)
+
+    # -- registers -------------------------------------------------------
+
+    def get_regs(self) -> Any:
+        regs = ffi.new("struct kvm_regs *")
+        ioctl(self.fd, "KVM_GET_REGS", regs)
+        return regs
+
+    def set_regs(self, regs: Any) -> None:
+        ioctl(self.fd, "KVM_SET_REGS", regs)
+
+    def get_sregs(self) -> Any:
+        sregs = ffi.new("struct kvm_sregs *")
+        ioctl(self.fd, "KVM_GET_SREGS", sregs)
+        return sregs
+
+    def set_sregs(self, sregs: Any) -> None:
+        ioctl(self.fd, "KVM_SET_SREGS", sregs)
+
+    def get_fpu(self) -> Any:
+        fpu = ffi.new("struct kvm_fpu *")
+        ioctl(self.fd, "KVM_GET_FPU", fpu)
+        return fpu
+
+    def set_fpu(self, fpu: Any) -> None:
+        ioctl(self.fd, "KVM_SET_FPU", fpu)
+
+    def get_msrs(self, indices: list[int]) -> dict[int, int]:
+        """KVM_GET_MSRS; MSRs KVM does not know are left out of the result."""
+        n = len(indices)
+        msrs = ffi.new("struct kvm_msrs *", {"nmsrs": n, "entries": n})
+        for i, index in enumerate(indices):
+            msrs.entries[i].index = index
+        done = ioctl(self.fd, "KVM_GET_MSRS", msrs)
+        return {msrs.entries[i].index: msrs.entries[i].data for i in range(done)}
+
+    def set_msrs(self, values: dict[int, int]) -> int:
+        """KVM_SET_MSRS; returns how many were set (KVM stops at the first it refuses)."""
+        n = len(values)
+        msrs = ffi.new("struct kvm_msrs *", {"nmsrs": n, "entries": n})
+        for i, (index, data) in enumerate(values.items()):
+            msrs.entries[i].index = index
+            msrs.entries[i].data = data
+        return ioctl(self.fd, "KVM_SET_MSRS", msrs)
+
+    def set_cpuid2(self, entries: list[Any]) -> None:
+        """KVM_SET_CPUID2 from objects with function/index/flags/eax/ebx/ecx/edx."""
+        n = len(entries)
+        cpuid = ffi.new("struct kvm_cpuid2 *", {"nent": n, "entries": n})
+        for i, e in enumerate(entries):
+            c = cpuid.entries[i]
+            c.function, c.index, c.flags = e.function, e.index, e.flags
+            c.eax, c.ebx, c.ecx, c.edx = e.eax, e.ebx, e.ecx, e.edx
+        ioctl(self.fd, "KVM_SET_CPUID2", cpuid)
+
+    def get_lapic(self) -> bytes:
+        """KVM_GET_LAPIC: the local APIC's register page."""
+        state = ffi.new("struct kvm_lapic_state *")
+        ioctl(self.fd, "KVM_GET_LAPIC", state)
+        return bytes(ffi.buffer(state.regs))
+
+    def set_lapic(self, regs: bytes) -> None:
+        state = ffi.new("struct kvm_lapic_state *")
+        buf = ffi.buffer(state.regs)
+        if len(regs) != len(buf):
+            raise ValueError(f"LAPIC state is {len(buf)} bytes, got {len(regs)}")
+        buf[:] = regs
+        ioctl(self.fd, "KVM_SET_LAPIC", state)
+
+    def get_mp_state(self) -> int:
+        state = ffi.new("struct kvm_mp_state *")
+        ioctl(self.fd, "KVM_GET_MP_STATE", state)
+        return int(state.mp_state)
+
+    def set_mp_state(self, mp_state: int) -> None:
+        ioctl(self.fd, "KVM_SET_MP_STATE", ffi.new("struct kvm_mp_state *", {"mp_state": mp_state}))
+
+    def get_vcpu_events(self) -> Any:
+        events = ffi.new("struct kvm_vcpu_events *")
+        ioctl(self.fd, "KVM_GET_VCPU_EVENTS", events)
+        return events
+
+    def set_vcpu_events(self, events: Any) -> None:
+        ioctl(self.fd, "KVM_SET_VCPU_EVENTS", events)
+
+    # -- teardown --------------------------------------------------------
+
+    def close(self) -> None:
+        if self.fd < 0:
+            return
+        self.run_page.release()
+        ffi.release(self.run_struct)
+        self._mapping.close()
+        os.close(self.fd)
+        self.fd = -1
