@@ -1,0 +1,1 @@
+"""Loading a kernel: ELF or bzImage, command line, initrd and the zero page."""

@@ -1,0 +1,5 @@
+"""Errors that reach the user as one line."""
+
+
+class UserError(Exception):
+    """Bad input from the user (a path, a size, a kernel file): exit status 2."""
