@@ -1,0 +1,107 @@
+"""The ``pyvmm`` command.
+
+    pyvmm run --kernel PATH [--initrd PATH] [--cmdline STR] [--memory 512M] [--cpus 1]
+
+Exit status: 0 when the guest resets or powers off, 2 for bad input, and a
+status of its own for each way a guest can fail (see README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from pyvmm.errors import UserError
+from pyvmm.machine import Machine, MachineConfig
+
+EXIT_USAGE = 2
+EXIT_VMM_ERROR = 1
+
+_UNITS = {"": 1 << 20, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """A memory size: a whole number with an optional K, M, G or T suffix
+    (binary units); a bare number means MiB, as in QEMU."""
+    m = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
+    if not m:
+        raise UserError(f"invalid memory size {text!r}: use a number with K, M, G or T, e.g. 512M")
+    size = int(m.group(1)) * _UNITS[m.group(2).upper()]
+    if size == 0:
+        raise UserError("memory size must be greater than 0")
+    return size
+
+
+def host_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line like every other pyvmm error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"pyvmm: {message} (see '{self.prog} --help')\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="pyvmm", description="A small VMM for Linux KVM.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = sub.add_parser("run", help="boot a kernel")
+    run.add_argument("--kernel", help="kernel: a vmlinux ELF or a bzImage")
+    run.add_argument("--initrd", help="initial ramdisk (e.g. a cpio archive)")
+    run.add_argument("--cmdline", default="", help="kernel command line")
+    run.add_argument("--memory", default="512M", help="guest RAM, e.g. 512M or 2G (default 512M)")
+    run.add_argument("--cpus", default="1", help="number of vCPUs (default 1)")
+    run.add_argument("--debug", action="store_true", help="add a register dump to failure messages")
+    return parser
+
+
+def _config(args: argparse.Namespace) -> MachineConfig:
+    if args.kernel is None:
+        raise UserError(
+            "no --kernel given, and there is no default guest yet: "
+            "pass --kernel PATH (see README.md for a test guest)"
+        )
+    memory = parse_size(args.memory)
+    if memory > host_memory():
+        raise UserError(
+            f"--memory {args.memory} is more than this host's {host_memory() >> 20} MiB of RAM"
+        )
+    try:
+        cpus = int(args.cpus)
+    except ValueError:
+        raise UserError(f"invalid --cpus {args.cpus!r}: give a whole number") from None
+    return MachineConfig(
+        kernel=args.kernel,
+        initrd=args.initrd,
+        cmdline=args.cmdline,
+        memory=memory,
+        cpus=cpus,
+        debug=args.debug,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = _config(args)
+        result = Machine(config).run()
+    except UserError as e:
+        print(f"pyvmm: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("pyvmm: interrupted", file=sys.stderr)
+        return 130
+    if result.status != 0 or args.debug:
+        print(f"pyvmm: {result.message}", file=sys.stderr)
+        if result.detail and args.debug:
+            print(result.detail, file=sys.stderr)
+    return result.status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

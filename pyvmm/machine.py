@@ -1,0 +1,485 @@
+"""A virtual machine: wiring KVM, memory, the loaded kernel and devices, and
+the run loop that hands each VM exit to a device model.
+
+Boot order, as :meth:`Machine.start` performs it:
+
+1. parse the kernel file (so a bad file fails before KVM is touched);
+2. open /dev/kvm, create the VM, its TSS area, in-kernel irqchip and PIT;
+3. map guest RAM and register it as memory slots;
+4. load kernel, command line, initrd and zero page (``pyvmm.boot.loader``);
+5. create the vCPUs: CPUID, MSRs, LAPIC, and long-mode registers on the BSP;
+6. attach devices to the port-I/O bus; start one thread per vCPU.
+
+Each vCPU thread loops on KVM_RUN. Port I/O and MMIO exits go to the buses;
+anything that ends the guest (reset, triple fault, an error KVM reports)
+records a :class:`VmExit` and stops every vCPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import os
+import signal
+import threading
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pyvmm.arch.x86_64 import cpuid, lapic, msr, regs
+from pyvmm.boot import layout, loader
+from pyvmm.boot.loader import BootInfo
+from pyvmm.devices import i8042, serial
+from pyvmm.devices.bus import Bus
+from pyvmm.errors import UserError
+from pyvmm.kvm import Kvm, KvmError, Vcpu, Vm, lib
+from pyvmm.memory import GuestMemory
+
+MiB = layout.MiB
+
+#: Smallest --memory accepted: the first megabyte plus room for a kernel.
+MIN_MEMORY = 2 * MiB
+
+#: How often the main thread checks whether every vCPU is halted for good.
+IDLE_CHECK_SECONDS = 0.5
+
+#: Signals a vCPU thread leaves to the main thread.
+_MAIN_THREAD_SIGNALS = {
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGPIPE,
+    signal.SIGCHLD,
+    signal.SIGWINCH,
+    signal.SIGALRM,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+}
+
+
+class ExitKind(enum.Enum):
+    """How a VM ended, with the pyvmm exit status for each (see README)."""
+
+    RESET = ("guest reset", 0)
+    POWEROFF = ("guest powered off", 0)
+    VMM_ERROR = ("pyvmm failed", 1)
+    HALTED = ("guest halted with interrupts disabled", 3)
+    TRIPLE_FAULT = ("triple fault", 4)
+    EMULATION_FAILURE = ("KVM could not emulate an instruction", 5)
+    INTERNAL_ERROR = ("KVM internal error", 6)
+    INTERRUPTED = ("interrupted", 130)
+
+    @property
+    def status(self) -> int:
+        return self.value[1]
+
+    @property
+    def summary(self) -> str:
+        return self.value[0]
+
+
+@dataclass(frozen=True)
+class VmExit:
+    kind: ExitKind
+    message: str
+    #: Extra lines for --debug: a register dump, a traceback.
+    detail: str = ""
+
+    @property
+    def status(self) -> int:
+        return self.kind.status
+
+
+@dataclass
+class MachineConfig:
+    kernel: str | os.PathLike[str]
+    initrd: str | os.PathLike[str] | None = None
+    cmdline: str = ""
+    memory: int = 512 * MiB
+    cpus: int = 1
+    #: Add register dumps to failure reports.
+    debug: bool = False
+
+
+def _stdout_writer(data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(1, view)
+        view = view[n:]
+
+
+@dataclass
+class _VcpuState:
+    """What the run loop keeps per vCPU besides the KVM object."""
+
+    vcpu: Vcpu
+    thread: threading.Thread | None = None
+    #: Exits handled so far (not counting kicks).
+    exits: int = 0
+    #: ``exits`` at the main thread's last idle check.
+    seen_exits: int = -1
+    #: Idle-check round the vCPU has been asked to examine itself for (0: none).
+    probe_round: int = 0
+    #: Last round in which it found itself parked for good: halted with IF
+    #: clear, or an AP never started. With --debug, its registers then.
+    parked_round: int = -1
+    parked_detail: str = ""
+
+
+class Machine:
+    """One guest. ``start()`` boots it in background threads; ``wait()`` blocks
+    until it ends; ``close()`` releases every descriptor and mapping."""
+
+    def __init__(
+        self,
+        config: MachineConfig,
+        console: Callable[[bytes], None] = _stdout_writer,
+    ) -> None:
+        self.config = config
+        self._console = console
+        self.kvm: Kvm | None = None
+        self.vm: Vm | None = None
+        self.memory: GuestMemory | None = None
+        self.boot: BootInfo | None = None
+        self.pio = Bus("port I/O")
+        self.mmio = Bus("MMIO")
+        self._vcpus: list[_VcpuState] = []
+        self._result: VmExit | None = None
+        self._result_lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._kick_signal = 0
+        self._probe_round = 0
+        self._monitor: threading.Thread | None = None
+
+    # -- building --------------------------------------------------------
+
+    def _check_config(self) -> None:
+        c = self.config
+        if c.memory < MIN_MEMORY or c.memory % 4096:
+            raise UserError(
+                f"--memory must be at least {MIN_MEMORY // MiB} MiB and a multiple of 4 KiB"
+            )
+        if c.cpus < 1:
+            raise UserError("--cpus must be at least 1")
+
+    def start(self) -> None:
+        """Build the VM and start its vCPUs. Raises UserError on bad input."""
+        self._check_config()
+        try:
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+        self._start_threads()
+
+    def _build(self) -> None:
+        c = self.config
+        kernel = loader.load_kernel_file(c.kernel)
+        initrd = loader.read_input_file(c.initrd, "initrd") if c.initrd is not None else None
+
+        self.kvm = kvm = _open_kvm()
+        for cap, name in (
+            (lib.KVM_CAP_IRQCHIP, "IRQCHIP"),
+            (lib.KVM_CAP_PIT2, "PIT2"),
+            (lib.KVM_CAP_USER_MEMORY, "USER_MEMORY"),
+            (lib.KVM_CAP_IMMEDIATE_EXIT, "IMMEDIATE_EXIT"),
+            (lib.KVM_CAP_SET_TSS_ADDR, "SET_TSS_ADDR"),
+        ):
+            if not kvm.check_extension(cap):
+                raise UserError(f"this host's KVM lacks KVM_CAP_{name}, which pyvmm needs")
+        max_vcpus = kvm.check_extension(lib.KVM_CAP_MAX_VCPUS) or kvm.check_extension(
+            lib.KVM_CAP_NR_VCPUS
+        )
+        if c.cpus > max_vcpus:
+            raise UserError(f"--cpus {c.cpus} is more than KVM allows here ({max_vcpus})")
+
+        self.vm = vm = kvm.create_vm()
+        vm.set_tss_addr(layout.TSS_ADDR)
+        if kvm.check_extension(lib.KVM_CAP_SET_IDENTITY_MAP_ADDR):
+            vm.set_identity_map_addr(layout.IDENTITY_MAP_ADDR)
+        vm.create_irqchip()
+        vm.create_pit2(lib.KVM_PIT_SPEAKER_DUMMY)  # port 0x61 handled in the kernel too
+
+        self.memory = memory = GuestMemory(c.memory)
+        memory.register(vm)
+        self.boot = boot = loader.load(memory, kernel, c.cmdline, initrd)
+        regs.write_boot_tables(memory)
+
+        supported = kvm.supported_cpuid()
+        for vcpu_id in range(c.cpus):
+            vcpu = vm.create_vcpu(vcpu_id)
+            self._vcpus.append(_VcpuState(vcpu))
+            vcpu.set_cpuid2(cpuid.vcpu_cpuid(supported, apic_id=vcpu_id, nr_vcpus=c.cpus))
+            msr.setup_msrs(vcpu)
+            vcpu.set_lapic(lapic.virtual_wire(vcpu.get_lapic()))
+            if vcpu_id == 0:
+                regs.setup_boot_cpu(vcpu, boot.entry, boot.zero_page)
+            # Other vCPUs stay in KVM's wait-for-SIPI state until the guest starts them.
+
+        self._add_devices()
+
+    def _add_devices(self) -> None:
+        vm = self.vm
+        assert vm is not None
+        com1 = serial.Serial16550(
+            self._console, irq=lambda level: vm.set_irq_line(serial.COM1_IRQ, level)
+        )
+        self.pio.insert(serial.COM1_PORT, serial.PORT_COUNT, com1)
+        self.serial = com1
+        self.pio.insert(
+            i8042.DATA_PORT,
+            i8042.PORT_SPAN,
+            i8042.I8042(on_reset=lambda: self.stop(VmExit(ExitKind.RESET, "guest reset"))),
+        )
+
+    # -- running ---------------------------------------------------------
+
+    def _start_threads(self) -> None:
+        self._kick_signal = lib.pyvmm_install_kick_handler()
+        if self._kick_signal < 0:
+            raise OSError(-self._kick_signal, "cannot install the vCPU kick signal handler")
+        for state in self._vcpus:
+            state.thread = threading.Thread(
+                target=self._vcpu_thread, args=(state,), name=f"vcpu{state.vcpu.id}", daemon=True
+            )
+        for state in self._vcpus:
+            assert state.thread is not None
+            state.thread.start()
+        self._monitor = threading.Thread(target=self._watch_idle, name="idle-monitor", daemon=True)
+        self._monitor.start()
+
+    def wait(self, timeout: float | None = None) -> VmExit | None:
+        """Block until the guest ends (or ``timeout`` passes: then None)."""
+        if not self._stopped.wait(timeout):
+            return None
+        self._join_threads()
+        return self._result
+
+    def _watch_idle(self) -> None:
+        """Monitor thread: periodically look for a guest that can never run again."""
+        while not self._stopped.wait(IDLE_CHECK_SECONDS):
+            self._probe_idle_vcpus()
+
+    def run(self) -> VmExit:
+        """Boot, run to the end and release everything."""
+        try:
+            self.start()
+            try:
+                result = self.wait()
+            except KeyboardInterrupt:
+                self.stop(VmExit(ExitKind.INTERRUPTED, "interrupted"))
+                result = self.wait()
+            assert result is not None
+            return result
+        finally:
+            self.close()
+
+    def stop(self, result: VmExit) -> None:
+        """End the guest with ``result`` (the first reason given wins)."""
+        with self._result_lock:
+            if self._result is None:
+                self._result = result
+        self._stopped.set()
+        for state in self._vcpus:
+            self._kick(state)
+
+    def _kick(self, state: _VcpuState) -> None:
+        """Make the vCPU's KVM_RUN return now, or as soon as it is entered."""
+        if state.vcpu.fd < 0:
+            return
+        state.vcpu.run_struct.immediate_exit = 1
+        thread = state.thread
+        if thread is not None and thread.ident is not None and thread.is_alive():
+            with contextlib.suppress(ProcessLookupError):  # it may have just finished
+                signal.pthread_kill(thread.ident, self._kick_signal)
+
+    def _probe_idle_vcpus(self) -> None:
+        """Ask vCPUs that have not exited lately whether they are parked for
+        good. When every vCPU was parked in the last round and none has
+        exited since, nothing can ever wake the guest again: end it."""
+        last = self._probe_round
+        if last and all(s.parked_round == last and s.exits == s.seen_exits for s in self._vcpus):
+            detail = self._vcpus[0].parked_detail
+            self.stop(VmExit(ExitKind.HALTED, "guest halted with interrupts disabled", detail))
+            return
+        self._probe_round += 1
+        for state in self._vcpus:
+            if state.exits == state.seen_exits:
+                state.probe_round = self._probe_round
+                self._kick(state)
+            state.seen_exits = state.exits
+
+    def _vcpu_thread(self, state: _VcpuState) -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, _MAIN_THREAD_SIGNALS)
+        try:
+            self._run_vcpu(state)
+        except Exception as e:
+            self.stop(
+                VmExit(
+                    ExitKind.VMM_ERROR,
+                    f"vCPU {state.vcpu.id}: {type(e).__name__}: {e}",
+                    traceback.format_exc(),
+                )
+            )
+
+    def _run_vcpu(self, state: _VcpuState) -> None:
+        vcpu = state.vcpu
+        run = vcpu.run_struct
+        io_exit = lib.KVM_EXIT_IO
+        mmio_exit = lib.KVM_EXIT_MMIO
+        intr_exit = lib.KVM_EXIT_INTR
+        stopped = self._stopped
+        while not stopped.is_set():
+            reason = vcpu.run()
+            if reason == io_exit:
+                state.exits += 1
+                self._handle_io(vcpu)
+            elif reason == mmio_exit:
+                state.exits += 1
+                self._handle_mmio(run)
+            elif reason == intr_exit:
+                run.immediate_exit = 0
+                probe, state.probe_round = state.probe_round, 0
+                if probe and not stopped.is_set():
+                    self._check_parked(state, probe)
+            else:
+                state.exits += 1
+                self._handle_other_exit(state, reason)
+
+    def _handle_io(self, vcpu: Vcpu) -> None:
+        io = vcpu.run_struct.io
+        size, count, offset, port = io.size, io.count, io.data_offset, io.port
+        page = vcpu.run_page
+        if offset + size * count > len(page):
+            raise RuntimeError(f"KVM put port I/O data outside kvm_run ({offset:#x})")
+        if io.direction == lib.KVM_EXIT_IO_OUT:
+            for i in range(offset, offset + size * count, size):
+                self.pio.write(port, bytes(page[i : i + size]))
+        else:
+            for i in range(offset, offset + size * count, size):
+                page[i : i + size] = self.pio.read(port, size)
+
+    def _handle_mmio(self, run: Any) -> None:
+        mmio = run.mmio
+        length = min(mmio.len, 8)
+        if mmio.is_write:
+            self.mmio.write(mmio.phys_addr, bytes(mmio.data[0:length]))
+        else:
+            data = self.mmio.read(mmio.phys_addr, length)
+            for i in range(length):
+                mmio.data[i] = data[i]
+
+    def _check_parked(self, state: _VcpuState, probe_round: int) -> None:
+        """Runs on the vCPU's own thread after a probe kick."""
+        vcpu = state.vcpu
+        mp_state = vcpu.get_mp_state()
+        if mp_state == lib.KVM_MP_STATE_HALTED:
+            # Only an interrupt could wake it, and IF=0 masks them (pyvmm sends no NMIs).
+            parked = not vcpu.get_regs().rflags & regs.RFLAGS_IF
+        else:
+            # An AP the guest never started can only be woken by a running vCPU.
+            parked = mp_state == lib.KVM_MP_STATE_UNINITIALIZED
+        if parked:
+            if self.config.debug:
+                state.parked_detail = regs.format_registers(vcpu.get_regs(), vcpu.get_sregs())
+            state.parked_round = probe_round
+
+    def _handle_other_exit(self, state: _VcpuState, reason: int) -> None:
+        vcpu = state.vcpu
+        run = vcpu.run_struct
+        if reason == lib.KVM_EXIT_HLT:
+            self.stop(self._failure(state, ExitKind.HALTED, "guest halted"))
+        elif reason == lib.KVM_EXIT_SHUTDOWN:
+            self.stop(self._failure(state, ExitKind.TRIPLE_FAULT, "guest triple fault"))
+        elif reason == lib.KVM_EXIT_FAIL_ENTRY:
+            why = run.fail_entry.hardware_entry_failure_reason
+            self.stop(
+                self._failure(
+                    state,
+                    ExitKind.INTERNAL_ERROR,
+                    f"KVM could not enter the guest (reason {why:#x})",
+                )
+            )
+        elif reason == lib.KVM_EXIT_INTERNAL_ERROR:
+            internal = run.internal
+            words = " ".join(f"{internal.data[i]:#x}" for i in range(min(internal.ndata, 16)))
+            if internal.suberror == lib.KVM_INTERNAL_ERROR_EMULATION:
+                kind, what = ExitKind.EMULATION_FAILURE, "KVM could not emulate an instruction"
+            else:
+                kind, what = ExitKind.INTERNAL_ERROR, f"KVM internal error {internal.suberror}"
+            rip = vcpu.get_regs().rip
+            self.stop(self._failure(state, kind, f"{what} at rip {rip:#x} (data: {words})"))
+        elif reason == lib.KVM_EXIT_SYSTEM_EVENT:
+            event = run.system_event.type
+            if event == lib.KVM_SYSTEM_EVENT_RESET:
+                self.stop(VmExit(ExitKind.RESET, "guest reset"))
+            elif event == lib.KVM_SYSTEM_EVENT_SHUTDOWN:
+                self.stop(VmExit(ExitKind.POWEROFF, "guest powered off"))
+            else:
+                self.stop(self._failure(state, ExitKind.INTERNAL_ERROR, f"system event {event}"))
+        else:
+            self.stop(self._failure(state, ExitKind.INTERNAL_ERROR, f"unexpected VM exit {reason}"))
+
+    def _failure(self, state: _VcpuState, kind: ExitKind, message: str) -> VmExit:
+        """A VmExit for a guest failure; with --debug it carries the registers."""
+        detail = ""
+        if self.config.debug:
+            try:
+                vcpu = state.vcpu
+                detail = regs.format_registers(vcpu.get_regs(), vcpu.get_sregs())
+            except KvmError as e:
+                detail = f"(registers unavailable: {e})"
+        return VmExit(kind, f"vCPU {state.vcpu.id}: {message}", detail)
+
+    # -- teardown --------------------------------------------------------
+
+    def _join_threads(self) -> None:
+        if self._monitor is not None and self._monitor is not threading.current_thread():
+            self._monitor.join()
+        for state in self._vcpus:
+            if state.thread is not None and state.thread is not threading.current_thread():
+                while state.thread.is_alive():
+                    self._kick(state)
+                    state.thread.join(0.1)
+
+    def close(self) -> None:
+        """Stop the vCPUs and release KVM descriptors and guest memory, in that order."""
+        if self._vcpus and any(s.thread is not None and s.thread.is_alive() for s in self._vcpus):
+            self.stop(VmExit(ExitKind.INTERRUPTED, "machine closed"))
+            self._join_threads()
+        for state in self._vcpus:
+            state.vcpu.close()
+        self._vcpus.clear()
+        if self.vm is not None:
+            self.vm.close()
+            self.vm = None
+        if self.kvm is not None:
+            self.kvm.close()
+            self.kvm = None
+        if self.memory is not None:
+            self.memory.close()
+            self.memory = None
+
+    def __enter__(self) -> Machine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _open_kvm(path: str = "/dev/kvm") -> Kvm:
+    """Open /dev/kvm, explaining the usual reasons it fails."""
+    try:
+        return Kvm(path)
+    except FileNotFoundError:
+        raise UserError(
+            f"{path} does not exist: KVM is not available (load kvm_intel or kvm_amd, "
+            "or enable virtualization in the firmware)"
+        ) from None
+    except PermissionError:
+        raise UserError(
+            f"no permission to open {path}: add your user to the 'kvm' group "
+            "(sudo usermod -aG kvm $USER, then log in again)"
+        ) from None
