@@ -1,0 +1,196 @@
+/*
+ * pyvmm test guest: a freestanding 64-bit program entered like Linux
+ * (64-bit boot protocol, RSI = zero page). It reports what the loader handed
+ * it on COM1, using polled I/O, then does what "action=" on its command line
+ * says: reset (default, through the i8042), halt (cli; hlt), triple (a fault
+ * with no usable IDT).
+ *
+ * Every line it prints is checked by tests/test_boot_guest.py. Guest kernel
+ * code may be emulated instruction by instruction on some hosts, so the
+ * program is kept short.
+ */
+#pragma GCC visibility push(hidden)
+
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long u64;
+
+/* struct boot_params offsets (Documentation/arch/x86/zero-page.rst). */
+#define BP_EXT_RAMDISK_IMAGE 0x0c0
+#define BP_EXT_RAMDISK_SIZE 0x0c4
+#define BP_EXT_CMD_LINE_PTR 0x0c8
+#define BP_E820_ENTRIES 0x1e8
+#define BP_VERSION 0x206
+#define BP_TYPE_OF_LOADER 0x210
+#define BP_RAMDISK_IMAGE 0x218
+#define BP_RAMDISK_SIZE 0x21c
+#define BP_CMD_LINE_PTR 0x228
+#define BP_E820_TABLE 0x2d0
+
+#define COM1 0x3f8
+
+static inline void outb(u16 port, u8 v) { __asm__ volatile("outb %0, %1" : : "a"(v), "Nd"(port)); }
+static inline u8 inb(u16 port)
+{
+    u8 v;
+    __asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port));
+    return v;
+}
+
+static void putc(char c)
+{
+    while (!(inb(COM1 + 5) & 0x20)) /* LSR.THRE */
+        ;
+    outb(COM1, c);
+}
+
+static void puts(const char *s)
+{
+    while (*s)
+        putc(*s++);
+}
+
+static void puthex(u64 v, int digits)
+{
+    puts("0x");
+    for (int i = digits - 1; i >= 0; i--)
+        putc("0123456789abcdef"[(v >> (i * 4)) & 0xf]);
+}
+
+static void putdec(u64 v)
+{
+    char buf[21];
+    int i = 20;
+    buf[i] = 0;
+    do {
+        buf[--i] = '0' + v % 10;
+        v /= 10;
+    } while (v);
+    puts(&buf[i]);
+}
+
+static u32 rd32(const u8 *bp, int off) { return *(const u32 *)(bp + off); }
+
+static int has_word(const char *s, const char *w)
+{
+    for (; *s; s++) {
+        const char *a = s, *b = w;
+        while (*b && *a == *b)
+            a++, b++;
+        if (!*b && (*a == 0 || *a == ' '))
+            return 1;
+    }
+    return 0;
+}
+
+static u32 crc_table[256];
+
+/* CRC-32 as zlib computes it (reflected polynomial 0xedb88320). */
+static u32 crc32(const u8 *p, u64 n)
+{
+    for (u32 i = 0; i < 256; i++) {
+        u32 c = i;
+        for (int k = 0; k < 8; k++)
+            c = c & 1 ? 0xedb88320 ^ (c >> 1) : c >> 1;
+        crc_table[i] = c;
+    }
+    u32 c = 0xffffffff;
+    while (n--)
+        c = crc_table[(c ^ *p++) & 0xff] ^ (c >> 8);
+    return c ^ 0xffffffff;
+}
+
+static void uart_selftest(void)
+{
+    int ok = 1;
+    outb(COM1 + 7, 0x5a); /* scratch register keeps what is written */
+    ok &= inb(COM1 + 7) == 0x5a;
+    outb(COM1 + 2, 0x07); /* FCR: enable and clear FIFOs */
+    ok &= (inb(COM1 + 2) & 0xc0) == 0xc0; /* IIR: FIFOs enabled (16550A) */
+    outb(COM1 + 4, 0x1a); /* MCR: loopback, RTS, OUT2 */
+    ok &= (inb(COM1 + 6) & 0xf0) == 0x90; /* MSR: CTS and DCD follow RTS and OUT2 */
+    outb(COM1, 'L'); /* loopback: transmitted byte comes back */
+    ok &= (inb(COM1 + 5) & 0x01) && inb(COM1) == 'L';
+    ok &= !(inb(COM1 + 5) & 0x01);
+    outb(COM1 + 4, 0x03); /* MCR: normal operation, DTR + RTS */
+    puts(ok ? "uart: ok\n" : "uart: FAILED\n");
+}
+
+void guest_main(const u8 *bp, u64 entry)
+{
+    u64 cr0, cr4;
+    u32 efer_lo, efer_hi;
+
+    puts("pyvmm test guest\n");
+    puts("entry: ");
+    puthex(entry, 8);
+    puts(" zero page: ");
+    puthex((u64)bp, 8);
+    puts("\n");
+
+    __asm__ volatile("mov %%cr0, %0" : "=r"(cr0));
+    __asm__ volatile("mov %%cr4, %0" : "=r"(cr4));
+    __asm__ volatile("rdmsr" : "=a"(efer_lo), "=d"(efer_hi) : "c"(0xc0000080));
+    puts("long mode: ");
+    puts((cr0 & 0x80000001) == 0x80000001 && (cr4 & 0x20) && (efer_lo & 0x500) == 0x500
+             ? "yes\n"
+             : "NO\n");
+
+    puts("loader: type ");
+    puthex(bp[BP_TYPE_OF_LOADER], 2);
+    puts(" protocol ");
+    puthex(*(const u16 *)(bp + BP_VERSION), 4);
+    puts("\n");
+
+    const char *cmdline =
+        (const char *)(rd32(bp, BP_CMD_LINE_PTR) | (u64)rd32(bp, BP_EXT_CMD_LINE_PTR) << 32);
+    puts("cmdline: ");
+    puts(cmdline);
+    puts("\n");
+
+    int n = bp[BP_E820_ENTRIES];
+    for (int i = 0; i < n; i++) {
+        const u8 *e = bp + BP_E820_TABLE + 20 * i;
+        u64 addr = *(const u64 *)e, size = *(const u64 *)(e + 8);
+        u32 type = *(const u32 *)(e + 16);
+        puts("e820: ");
+        puthex(addr, 16);
+        puts("-");
+        puthex(addr + size - 1, 16);
+        puts(type == 1 ? " ram\n" : type == 2 ? " reserved\n" : " other\n");
+    }
+
+    u64 rd_addr = rd32(bp, BP_RAMDISK_IMAGE) | (u64)rd32(bp, BP_EXT_RAMDISK_IMAGE) << 32;
+    u64 rd_size = rd32(bp, BP_RAMDISK_SIZE) | (u64)rd32(bp, BP_EXT_RAMDISK_SIZE) << 32;
+    if (rd_size) {
+        puts("initrd: addr ");
+        puthex(rd_addr, 8);
+        puts(" size ");
+        putdec(rd_size);
+        puts(" crc32 ");
+        puthex(crc32((const u8 *)rd_addr, rd_size), 8);
+        puts("\n");
+    } else {
+        puts("initrd: none\n");
+    }
+
+    uart_selftest();
+
+    if (has_word(cmdline, "action=halt")) {
+        puts("halting\n");
+        __asm__ volatile("cli; hlt");
+    } else if (has_word(cmdline, "action=triple")) {
+        static const struct __attribute__((packed)) {
+            u16 limit;
+            u64 base;
+        } no_idt = {0, 0};
+        puts("triple fault\n");
+        __asm__ volatile("lidt %0; ud2" : : "m"(no_idt));
+    } else {
+        puts("reset\n");
+        outb(0x64, 0xfe); /* i8042: pulse the CPU reset line */
+    }
+    for (;;)
+        __asm__ volatile("cli; hlt");
+}
