@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
@@ -28,8 +27,3 @@ def kvm() -> None:
 @pytest.fixture(scope="session")
 def guests(tmp_path_factory: pytest.TempPathFactory) -> Guests:
     return build(tmp_path_factory.mktemp("guests"))
-
-
-@pytest.fixture(scope="session")
-def guest_elf(guests: Guests) -> Path:
-    return guests.elf

@@ -5,13 +5,12 @@ says, and that the guest ran in long mode and reached the devices."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import zlib
 from pathlib import Path
 
 import pytest
 
+from tests.cli_util import pyvmm
 from tests.guests.build import PREF_ADDRESS, Guests
 
 pytestmark = pytest.mark.usefixtures("kvm")
@@ -21,15 +20,6 @@ LOW_E820 = [
     "e820: 0x000000000009fc00-0x000000000009ffff reserved",
     "e820: 0x00000000000f0000-0x00000000000fffff reserved",
 ]
-
-
-def pyvmm(*args: str | os.PathLike[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pyvmm", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 @pytest.fixture(scope="module")

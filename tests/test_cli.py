@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from pyvmm.cli import parse_size
 from pyvmm.errors import UserError
+from tests.cli_util import pyvmm
 from tests.guests.build import Guests
 
 MiB, GiB = 1 << 20, 1 << 30
@@ -34,15 +34,6 @@ def test_parse_size(text: str, size: int) -> None:
 def test_bad_sizes(text: str) -> None:
     with pytest.raises(UserError):
         parse_size(text)
-
-
-def pyvmm(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pyvmm", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def one_line_error(r: subprocess.CompletedProcess[str], *fragments: str) -> None:
