@@ -145,6 +145,7 @@ class Machine:
         self.boot: BootInfo | None = None
         self.pio = Bus("port I/O")
         self.mmio = Bus("MMIO")
+        self.com1: serial.Serial16550 | None = None
         self._vcpus: list[_VcpuState] = []
         self._result: VmExit | None = None
         self._result_lock = threading.Lock()
@@ -227,7 +228,7 @@ class Machine:
             self._console, irq=lambda level: vm.set_irq_line(serial.COM1_IRQ, level)
         )
         self.pio.insert(serial.COM1_PORT, serial.PORT_COUNT, com1)
-        self.serial = com1
+        self.com1 = com1
         self.pio.insert(
             i8042.DATA_PORT,
             i8042.PORT_SPAN,
