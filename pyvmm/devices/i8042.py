@@ -3,7 +3,8 @@
 Ports 0x60 (data) and 0x64 (status on read, command on write). Command bytes
 and status bits follow the classic 8042 interface as Linux's
 drivers/input/serio/i8042.h names them. No keyboard or mouse is attached:
-commands for them get no answer, as with an empty socket. The command that
+commands for them get no answer, as with an empty socket, and the AUX
+(mouse) port reports itself broken so that Linux stops probing it at once. The command that
 matters is 0xFE, "pulse the reset line", which ends (or restarts) the VM.
 """
 
@@ -22,11 +23,13 @@ PORT_SPAN = _COMMAND + 1
 STATUS_OBF = 0x01  # output buffer full: a byte waits at 0x60
 STATUS_SYS = 0x04  # system flag: the self-test passed
 STATUS_CMD = 0x08  # the last write was to the command port
+STATUS_KEYLOCK = 0x10  # keyboard not inhibited (the key lock is open)
 
 CMD_READ_CTR = 0x20  # read the controller configuration ("command") byte
 CMD_WRITE_CTR = 0x60  # next data byte is the new configuration byte
 CMD_AUX_DISABLE = 0xA7
 CMD_AUX_ENABLE = 0xA8
+CMD_AUX_TEST = 0xA9  # answers 0x00 if the AUX interface works
 CMD_SELF_TEST = 0xAA  # answers 0x55
 CMD_KBD_TEST = 0xAB  # answers 0x00 (interface OK)
 CMD_KBD_DISABLE = 0xAD
@@ -36,6 +39,7 @@ CMD_WRITE_OUTPUT_PORT = 0xD1  # next data byte is the output port; bit 0 low = r
 CMD_PULSE_RESET = 0xFE  # pulse output port bit 0: reset the CPU
 
 SELF_TEST_OK = 0x55
+AUX_TEST_CLOCK_STUCK_LOW = 0x01  # AUX interface test failure code
 CTR_KBD_DISABLED = 0x10
 CTR_AUX_DISABLED = 0x20
 CTR_SYS = 0x04
@@ -49,7 +53,7 @@ class I8042:
     def __init__(self, on_reset: Callable[[], None]) -> None:
         self._on_reset = on_reset
         self.ctr = CTR_SYS | CTR_AUX_DISABLED
-        self.status = STATUS_SYS
+        self.status = STATUS_SYS | STATUS_KEYLOCK
         self.output: int | None = None
         self.output_port = OUTPUT_PORT_RESET | OUTPUT_PORT_A20
         self._pending: int | None = None  # command waiting for its data byte
@@ -95,6 +99,8 @@ class I8042:
             self.output = SELF_TEST_OK
         elif cmd == CMD_KBD_TEST:
             self.output = 0x00
+        elif cmd == CMD_AUX_TEST:
+            self.output = AUX_TEST_CLOCK_STUCK_LOW
         elif cmd == CMD_KBD_DISABLE:
             self.ctr |= CTR_KBD_DISABLED
         elif cmd == CMD_KBD_ENABLE:
