@@ -48,6 +48,7 @@ typedef int... __u64;
 #define KVM_SET_MP_STATE ...
 #define KVM_GET_VCPU_EVENTS ...
 #define KVM_SET_VCPU_EVENTS ...
+#define KVM_SET_GUEST_DEBUG ...
 
 /* other constants */
 #define KVM_API_VERSION ...
@@ -60,6 +61,9 @@ typedef int... __u64;
 #define KVM_VCPUEVENT_VALID_SIPI_VECTOR ...
 #define KVM_VCPUEVENT_VALID_SHADOW ...
 #define KVM_APIC_REG_SIZE ...
+#define KVM_GUESTDBG_ENABLE ...
+#define KVM_GUESTDBG_SINGLESTEP ...
+#define KVM_GUESTDBG_USE_HW_BP ...
 
 #define KVM_CAP_IRQCHIP ...
 #define KVM_CAP_PIT2 ...
@@ -103,6 +107,7 @@ typedef int... __u64;
 #define KVM_INTERNAL_ERROR_SIMUL_EX ...
 #define KVM_INTERNAL_ERROR_DELIVERY_EV ...
 #define KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON ...
+#define KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES ...
 
 #define KVM_SYSTEM_EVENT_SHUTDOWN ...
 #define KVM_SYSTEM_EVENT_RESET ...
@@ -255,6 +260,26 @@ struct kvm_vcpu_events {
     ...;
 };
 
+struct kvm_guest_debug_arch {
+    __u64 debugreg[8];
+    ...;
+};
+
+struct kvm_guest_debug {
+    __u32 control;
+    struct kvm_guest_debug_arch arch;
+    ...;
+};
+
+/* Complete, not partial: it is nested in an unnamed struct of kvm_run. */
+struct kvm_debug_exit_arch {
+    __u32 exception;
+    __u32 pad;
+    __u64 pc;
+    __u64 dr6;
+    __u64 dr7;
+};
+
 struct kvm_run {
     __u8 request_interrupt_window;
     __u8 immediate_exit;
@@ -283,6 +308,9 @@ struct kvm_run {
             __u64 data_offset;
         } io;
         struct {
+            struct kvm_debug_exit_arch arch;
+        } debug;
+        struct {
             __u64 phys_addr;
             __u8 data[8];
             __u32 len;
@@ -293,6 +321,17 @@ struct kvm_run {
             __u32 ndata;
             __u64 data[16];
         } internal;
+        struct {
+            __u32 suberror;
+            __u32 ndata;
+            __u64 flags;
+            union {
+                struct {
+                    __u8 insn_size;
+                    __u8 insn_bytes[15];
+                };
+            };
+        } emulation_failure;
         struct {
             __u32 type;
             __u32 ndata;

@@ -1,4 +1,5 @@
 #include <errno.h>
+#include <stdint.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -34,4 +35,20 @@ int pyvmm_install_kick_handler(void)
     if (sigaction(sig, &sa, NULL) < 0)
         return -errno;
     return sig;
+}
+
+int pyvmm_cmpxchg16b(void *ptr, uint64_t *expected, uint64_t new_lo, uint64_t new_hi)
+{
+    unsigned char swapped;
+    uint64_t lo = expected[0], hi = expected[1];
+
+    if ((uintptr_t)ptr & 15)
+        return -1; /* the CPU would raise #GP: refuse rather than crash */
+    __asm__ volatile("lock cmpxchg16b %1\n\tsetz %0"
+                     : "=q"(swapped), "+m"(*(volatile unsigned __int128 *)ptr), "+a"(lo), "+d"(hi)
+                     : "b"(new_lo), "c"(new_hi)
+                     : "memory", "cc");
+    expected[0] = lo;
+    expected[1] = hi;
+    return swapped;
 }

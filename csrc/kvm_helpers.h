@@ -16,3 +16,11 @@ long pyvmm_ioctl_val(int fd, unsigned long request, unsigned long arg);
  * -errno if the handler could not be installed.
  */
 int pyvmm_install_kick_handler(void);
+
+/*
+ * LOCK CMPXCHG16B on host memory backing guest RAM (16-byte aligned), for
+ * carrying out the instruction when KVM cannot emulate it. expected[0..1]
+ * is RAX:RDX on entry and receives the old value. Returns 1 if it swapped,
+ * 0 if not, -1 if ptr is not 16-byte aligned.
+ */
+int pyvmm_cmpxchg16b(void *ptr, uint64_t *expected, uint64_t new_lo, uint64_t new_hi);

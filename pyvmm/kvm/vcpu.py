@@ -39,6 +39,17 @@ class Vcpu:
             raise KvmError("KVM_RUN", -ret)
         return int(self.run_struct.exit_reason)
 
+    def emulation_failure_insn(self) -> bytes:
+        """After KVM_EXIT_INTERNAL_ERROR / KVM_INTERNAL_ERROR_EMULATION: the bytes
+        of the instruction KVM could not emulate, when KVM reports them."""
+        failure = self.run_struct.emulation_failure
+        has_bytes = failure.flags & lib.KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES
+        # ndata counts the u64 words after ndata: flags plus the 16 instruction bytes.
+        if failure.ndata < 3 or not has_bytes:
+            return b""
+        size = min(failure.insn_size, len(failure.insn_bytes))
+        return bytes(failure.insn_bytes[0:size])
+
     # -- registers -------------------------------------------------------
 
     def get_regs(self) -> Any:
@@ -122,6 +133,15 @@ class Vcpu:
 
     def set_vcpu_events(self, events: Any) -> None:
         ioctl(self.fd, "KVM_SET_VCPU_EVENTS", events)
+
+    def set_guest_debug(self, control: int, debugreg: list[int] | None = None) -> None:
+        """KVM_SET_GUEST_DEBUG: single-stepping and hardware breakpoints
+        (``debugreg`` = DR0-DR3, unused, unused, DR6, DR7)."""
+        dbg = ffi.new("struct kvm_guest_debug *")
+        dbg.control = control
+        for i, value in enumerate(debugreg or []):
+            dbg.arch.debugreg[i] = value
+        ioctl(self.fd, "KVM_SET_GUEST_DEBUG", dbg)
 
     # -- teardown --------------------------------------------------------
 
