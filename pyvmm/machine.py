@@ -27,10 +27,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pyvmm.arch.x86_64 import cpuid, lapic, msr, regs
+from pyvmm.arch.x86_64 import cpuid, lapic, msr, pvm, regs
 from pyvmm.boot import layout, loader
 from pyvmm.boot.loader import BootInfo
-from pyvmm.devices import i8042, serial
+from pyvmm.devices import cmos, i8042, serial
 from pyvmm.devices.bus import Bus
 from pyvmm.errors import UserError
 from pyvmm.kvm import Kvm, KvmError, Vcpu, Vm, lib
@@ -153,6 +153,7 @@ class Machine:
         self._kick_signal = 0
         self._probe_round = 0
         self._monitor: threading.Thread | None = None
+        self._assist: pvm.EmulationAssist | None = None
 
     # -- building --------------------------------------------------------
 
@@ -205,7 +206,13 @@ class Machine:
 
         self.memory = memory = GuestMemory(c.memory)
         memory.register(vm)
-        self.boot = boot = loader.load(memory, kernel, c.cmdline, initrd)
+        cmdline = c.cmdline
+        if pvm.host_is_pvm():
+            # Guest kernel mode is emulated here: steer the kernel clear of what
+            # the emulator cannot do, and carry out what it refuses anyway.
+            cmdline = pvm.guest_cmdline(cmdline)
+            self._assist = pvm.EmulationAssist(memory)
+        self.boot = boot = loader.load(memory, kernel, cmdline, initrd)
         regs.write_boot_tables(memory)
 
         supported = kvm.supported_cpuid()
@@ -234,6 +241,7 @@ class Machine:
             i8042.PORT_SPAN,
             i8042.I8042(on_reset=lambda: self.stop(VmExit(ExitKind.RESET, "guest reset"))),
         )
+        self.pio.insert(cmos.INDEX_PORT, cmos.PORT_COUNT, cmos.CmosRtc())
 
     # -- running ---------------------------------------------------------
 
@@ -405,13 +413,12 @@ class Machine:
             )
         elif reason == lib.KVM_EXIT_INTERNAL_ERROR:
             internal = run.internal
-            words = " ".join(f"{internal.data[i]:#x}" for i in range(min(internal.ndata, 16)))
             if internal.suberror == lib.KVM_INTERNAL_ERROR_EMULATION:
-                kind, what = ExitKind.EMULATION_FAILURE, "KVM could not emulate an instruction"
+                self._emulation_failure(state)
             else:
-                kind, what = ExitKind.INTERNAL_ERROR, f"KVM internal error {internal.suberror}"
-            rip = vcpu.get_regs().rip
-            self.stop(self._failure(state, kind, f"{what} at rip {rip:#x} (data: {words})"))
+                words = " ".join(f"{internal.data[i]:#x}" for i in range(min(internal.ndata, 16)))
+                what = f"KVM internal error {internal.suberror} (data: {words or 'none'})"
+                self.stop(self._failure(state, ExitKind.INTERNAL_ERROR, what))
         elif reason == lib.KVM_EXIT_SYSTEM_EVENT:
             event = run.system_event.type
             if event == lib.KVM_SYSTEM_EVENT_RESET:
@@ -422,6 +429,23 @@ class Machine:
                 self.stop(self._failure(state, ExitKind.INTERNAL_ERROR, f"system event {event}"))
         else:
             self.stop(self._failure(state, ExitKind.INTERNAL_ERROR, f"unexpected VM exit {reason}"))
+
+    def _emulation_failure(self, state: _VcpuState) -> None:
+        """KVM could not emulate an instruction. Where guest kernel mode is
+        emulated (PVM) pyvmm may resolve it and the vCPU just runs on."""
+        vcpu = state.vcpu
+        if self._assist is not None:
+            unhandled = self._assist.handle(vcpu)
+            if unhandled is None:
+                return
+            what = f"KVM could not emulate an {unhandled}"
+        else:
+            insn = vcpu.emulation_failure_insn()
+            shown = insn.hex(" ") if insn else "bytes not reported"
+            what = (
+                f"KVM could not emulate the instruction at rip {vcpu.get_regs().rip:#x} ({shown})"
+            )
+        self.stop(self._failure(state, ExitKind.EMULATION_FAILURE, what))
 
     def _failure(self, state: _VcpuState, kind: ExitKind, message: str) -> VmExit:
         """A VmExit for a guest failure; with --debug it carries the registers."""

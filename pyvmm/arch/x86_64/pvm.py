@@ -1,0 +1,254 @@
+"""Help for hosts whose KVM emulates guest kernel mode in software (PVM).
+
+On such a host guest user mode runs natively, but every instruction of the
+guest kernel goes through KVM's instruction emulator, which refuses a few
+that Linux executes on every boot. pyvmm does two things there, and nothing
+on hardware-assisted KVM:
+
+- it adds guest command-line options that keep Linux away from instructions
+  the emulator cannot do (:data:`GUEST_CMDLINE`);
+- it resolves the emulation failures KVM reports (KVM_EXIT_INTERNAL_ERROR,
+  suberror KVM_INTERNAL_ERROR_EMULATION) that it can: ``int3`` is turned
+  into the #BP exception the guest expects; ``fwait``, ``clac``, ``stac`` and
+  ``cmpxchg16b`` are carried out here on guest memory and registers. Anything
+  else ends the VM with the instruction's bytes, its address and a hint;
+- it completes system calls. A ``syscall`` from guest user mode arrives at
+  the guest's LSTAR with RCX and R11 set, but still in user mode (CPL 3,
+  RFLAGS unmasked), so the kernel's entry code immediately takes a page fault
+  on its own text. The kernel's exception entry starts with ``clac`` when
+  SMAP is on, which KVM cannot emulate, so pyvmm sees every exception entry:
+  when it is that page fault (user mode, faulting at LSTAR), pyvmm discards
+  the exception frame and enters LSTAR the way ``syscall`` would have: in
+  kernel mode, with the user's stack pointer and RFLAGS masked by
+  IA32_FMASK. This is why SMAP is left on for the guest.
+
+How the host is recognised: PVM is a KVM vendor module, ``kvm_pvm``, loaded
+in place of kvm_intel or kvm_amd. The KVM API looks the same either way, but
+the module shows up as /sys/module/kvm_pvm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pyvmm.arch.x86_64 import decode, paging
+from pyvmm.kvm import Vcpu
+from pyvmm.memory import GuestMemory, GuestMemoryError
+
+PVM_MODULE = Path("/sys/module/kvm_pvm")
+
+#: Linux options for a PVM host. The guest sees the host's CPUID whatever
+#: KVM_SET_CPUID2 says, so features are switched off on the kernel's command
+#: line instead; each one otherwise leads Linux (through its alternatives) to
+#: an instruction KVM's emulator does not implement:
+#: - noxsave: XSAVE/XRSTOR (FPU state is then kept with FXSAVE/FXRSTOR);
+#: - nofsgsbase: RDGSBASE/WRGSBASE on every entry and context switch;
+#: - nopcid, noinvpcid: INVPCID in TLB flushes;
+#: - clearcpuid= bits of arch/x86/include/asm/cpufeatures.h: 4*32+13 CX16
+#:   (SLUB's lockless fast path, CMPXCHG16B), 4*32+23 POPCNT, 4*32+30 RDRAND,
+#:   9*32+18 RDSEED.
+#: SMAP stays on: its CLAC at each kernel entry is how system calls get repaired.
+GUEST_CMDLINE = ("noxsave", "nofsgsbase", "nopcid", "noinvpcid", "clearcpuid=141,151,158,306")
+
+BP_VECTOR = 3  # #BP, the breakpoint exception (SDM Vol. 3A, table 6-1)
+PF_VECTOR = 14  # #PF, page fault
+MF_VECTOR = 16  # #MF, x87 floating-point error
+FSW_ES = 1 << 7  # x87 status word: an unmasked exception is pending
+MAX_INSN = 15  # the longest x86 instruction
+RFLAGS_AC = 1 << 18  # alignment check / SMAP override, set by STAC and cleared by CLAC
+RFLAGS_FIXED = 1 << 1
+CLAC = b"\x0f\x01\xca"
+STAC = b"\x0f\x01\xcb"
+MSR_STAR = 0xC0000081
+MSR_LSTAR = 0xC0000082
+MSR_FMASK = 0xC0000084
+#: Room before the CLAC in an exception entry point (an ENDBR64 under IBT).
+ENTRY_SLACK = 8
+
+
+def host_is_pvm(module: Path = PVM_MODULE) -> bool:
+    return module.is_dir()
+
+
+def guest_cmdline(cmdline: str) -> str:
+    """``cmdline`` with the PVM options it does not already have appended."""
+    words = cmdline.split()
+    extra = [opt for opt in GUEST_CMDLINE if opt not in words]
+    return " ".join([cmdline, *extra]) if cmdline and extra else cmdline or " ".join(extra)
+
+
+@dataclass(frozen=True)
+class Unhandled:
+    """An emulation failure pyvmm could not resolve, ready to report."""
+
+    rip: int
+    insn: bytes
+    hint: str
+
+    def __str__(self) -> str:
+        shown = self.insn.hex(" ") if self.insn else "unreadable"
+        return f"instruction at rip {self.rip:#x} ({shown}): {self.hint}"
+
+
+class EmulationAssist:
+    """Resolves KVM emulation failures for one machine's guest memory."""
+
+    def __init__(self, memory: GuestMemory) -> None:
+        self._memory = memory
+        # IDT base -> address of the guest's page-fault handler.
+        self._pf_handler: dict[int, int] = {}
+        self._handlers: list[tuple[Callable[[bytes], bool], Callable[..., None]]] = [
+            (lambda insn: insn[:1] == b"\xcc", self._int3),
+            (lambda insn: insn[:1] == b"\x9b", self._fwait),
+            (lambda insn: insn[:3] == CLAC, self._clac),
+            (lambda insn: insn[:3] == STAC, self._stac),
+            (decode.is_cmpxchg16b, self._cmpxchg16b),
+        ]
+
+    def handle(self, vcpu: Vcpu) -> Unhandled | None:
+        """Deal with the emulation failure in ``vcpu``'s kvm_run; None when resolved
+        (the vCPU can simply be run again)."""
+        regs = vcpu.get_regs()
+        sregs = vcpu.get_sregs()
+        insn = self._instruction(vcpu, regs, sregs)
+        for matches, handler in self._handlers:
+            if insn and matches(insn):
+                try:
+                    handler(vcpu, regs, sregs, insn)
+                except (GuestMemoryError, paging.PageFault, decode.DecodeError) as e:
+                    return Unhandled(regs.rip, insn, f"could not emulate it: {e}")
+                return None
+        return Unhandled(
+            regs.rip,
+            insn,
+            "this host's KVM cannot emulate it in guest kernel mode; if the guest is "
+            "Linux, a command-line option that avoids it (as 'noxsave' avoids XRSTOR) "
+            "may help",
+        )
+
+    def _instruction(self, vcpu: Vcpu, regs: Any, sregs: Any) -> bytes:
+        """The failing instruction's bytes: from KVM when it supplies them,
+        else read at RIP through the guest's page tables."""
+        insn = vcpu.emulation_failure_insn()
+        if insn:
+            return insn
+        try:
+            return self._read_virtual(sregs, regs.rip, MAX_INSN)
+        except (GuestMemoryError, paging.PageFault):
+            return b""
+
+    def _read_virtual(self, sregs: Any, vaddr: int, size: int) -> bytes:
+        """Read guest-virtual memory, page by page (it may cross a page boundary)."""
+        out = bytearray()
+        while len(out) < size:
+            addr = vaddr + len(out)
+            chunk = min(size - len(out), 0x1000 - (addr & 0xFFF))
+            out += self._memory.read(self._physical(sregs, addr), chunk)
+        return bytes(out)
+
+    def _physical(self, sregs: Any, vaddr: int) -> int:
+        if not sregs.cr0 & (1 << 31):  # paging off
+            return vaddr
+        if sregs.cr4 & (1 << 12):  # LA57: 5-level paging
+            raise paging.PageFault("5-level paging is not supported")
+        return paging.translate(self._memory.read_u64, sregs.cr3, vaddr)
+
+    # -- instructions ----------------------------------------------------
+
+    @staticmethod
+    def _inject(vcpu: Vcpu, vector: int) -> None:
+        """Deliver an exception without an error code on the next KVM_RUN."""
+        events = vcpu.get_vcpu_events()
+        events.exception.injected = 1
+        events.exception.nr = vector
+        events.exception.has_error_code = 0
+        events.exception.error_code = 0
+        events.flags = 0  # leave NMI, SIPI and interrupt-shadow state alone
+        vcpu.set_vcpu_events(events)
+
+    def _int3(self, vcpu: Vcpu, regs: Any, sregs: Any, insn: bytes) -> None:
+        """int3 is a trap: #BP is delivered with RIP already past the instruction
+        (Linux's int3_selftest checks exactly that on every boot)."""
+        regs.rip += 1
+        vcpu.set_regs(regs)
+        self._inject(vcpu, BP_VECTOR)
+
+    def _fwait(self, vcpu: Vcpu, regs: Any, sregs: Any, insn: bytes) -> None:
+        """fwait: raise #MF (a fault, RIP unchanged) if an unmasked x87
+        exception is pending, else do nothing (SDM Vol. 2B, WAIT/FWAIT)."""
+        if vcpu.get_fpu().fsw & FSW_ES:
+            self._inject(vcpu, MF_VECTOR)
+            return
+        regs.rip += 1
+        vcpu.set_regs(regs)
+
+    def _stac(self, vcpu: Vcpu, regs: Any, sregs: Any, insn: bytes) -> None:
+        regs.rflags |= RFLAGS_AC
+        regs.rip += len(STAC)
+        vcpu.set_regs(regs)
+
+    def _clac(self, vcpu: Vcpu, regs: Any, sregs: Any, insn: bytes) -> None:
+        if self._repair_syscall(vcpu, regs, sregs):
+            return
+        regs.rflags &= ~RFLAGS_AC
+        regs.rip += len(CLAC)
+        vcpu.set_regs(regs)
+
+    def _page_fault_handler(self, sregs: Any) -> int:
+        """Entry point of the guest's #PF handler, from its IDT (cached per IDT)."""
+        base = sregs.idt.base
+        if base not in self._pf_handler:
+            # A 64-bit IDT gate: offset bits 15:0, 31:16 and 63:32 at bytes 0, 6 and 8.
+            gate = self._read_virtual(sregs, base + PF_VECTOR * 16, 16)
+            offset = int.from_bytes(gate[0:2], "little") | int.from_bytes(gate[6:8], "little") << 16
+            offset |= int.from_bytes(gate[8:12], "little") << 32
+            self._pf_handler[base] = offset
+        return self._pf_handler[base]
+
+    def _repair_syscall(self, vcpu: Vcpu, regs: Any, sregs: Any) -> bool:
+        """At the #PF entry for a user-mode fault at LSTAR, become the syscall
+        that caused it (see the module docstring). False if it is anything else."""
+        if not 0 <= regs.rip - self._page_fault_handler(sregs) < ENTRY_SLACK:
+            return False
+        # The frame the CPU pushed: error code, RIP, CS, RFLAGS, RSP, SS.
+        frame = self._read_virtual(sregs, regs.rsp, 48)
+        _, rip, cs, rflags, rsp, _ = (
+            int.from_bytes(frame[i : i + 8], "little") for i in range(0, 48, 8)
+        )
+        if cs & 3 != 3 or sregs.cr2 != rip:
+            return False
+        msrs = vcpu.get_msrs([MSR_STAR, MSR_LSTAR, MSR_FMASK])
+        if rip != msrs.get(MSR_LSTAR):
+            return False
+        regs.rip = rip
+        regs.rsp = rsp
+        regs.rflags = (rflags & ~msrs.get(MSR_FMASK, 0)) | RFLAGS_FIXED
+        vcpu.set_regs(regs)  # RCX and R11 already hold what syscall put there
+        # syscall loads SS from IA32_STAR[47:32] + 8 (SDM Vol. 2B, SYSCALL).
+        sregs.ss.selector = ((msrs[MSR_STAR] >> 32) & 0xFFFC) + 8
+        sregs.ss.type, sregs.ss.s, sregs.ss.present, sregs.ss.dpl = 3, 1, 1, 0
+        sregs.ss.db, sregs.ss.g, sregs.ss.limit, sregs.ss.base = 1, 1, 0xFFFFFFFF, 0
+        sregs.ss.unusable = 0
+        vcpu.set_sregs(sregs)
+        return True
+
+    def _cmpxchg16b(self, vcpu: Vcpu, regs: Any, sregs: Any, insn: bytes) -> None:
+        """Compare RDX:RAX with m128; if equal store RCX:RBX and set ZF, else
+        load m128 into RDX:RAX and clear ZF (SDM Vol. 2A, CMPXCHG8B/CMPXCHG16B)."""
+        op = decode.decode_memory_operand(insn, regs, sregs)
+        if op.address % 16:
+            raise decode.DecodeError("m128 operand is not 16-byte aligned (#GP)")
+        phys = self._physical(sregs, op.address)
+        view = self._memory.view(phys, 16)  # 16-aligned: never crosses a page
+        ok, old_lo, old_hi = decode.atomic_cmpxchg16b(view, regs.rax, regs.rdx, regs.rbx, regs.rcx)
+        zf = 1 << 6
+        if ok:
+            regs.rflags |= zf
+        else:
+            regs.rflags &= ~zf
+            regs.rax, regs.rdx = old_lo, old_hi
+        regs.rip += op.length
+        vcpu.set_regs(regs)
