@@ -15,7 +15,10 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from pyvmm.arch.x86_64 import pvm
 from pyvmm.errors import UserError
+from pyvmm.images import default
+from pyvmm.images.default import GUEST_KINDS
 from pyvmm.machine import Machine, MachineConfig
 
 EXIT_USAGE = 2
@@ -51,21 +54,51 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="pyvmm", description="A small VMM for Linux KVM.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="boot a kernel")
-    run.add_argument("--kernel", help="kernel: a vmlinux ELF or a bzImage")
+    run.add_argument(
+        "--kernel", help="kernel: a vmlinux ELF or a bzImage (default: the default guest)"
+    )
     run.add_argument("--initrd", help="initial ramdisk (e.g. a cpio archive)")
-    run.add_argument("--cmdline", default="", help="kernel command line")
+    run.add_argument(
+        "--cmdline",
+        default="",
+        help="kernel command line (with the default guest: added to its own)",
+    )
+    run.add_argument(
+        "--guest",
+        default="auto",
+        choices=GUEST_KINDS,
+        help="which default guest to boot when no --kernel is given (default: auto)",
+    )
     run.add_argument("--memory", default="512M", help="guest RAM, e.g. 512M or 2G (default 512M)")
     run.add_argument("--cpus", default="1", help="number of vCPUs (default 1)")
     run.add_argument("--debug", action="store_true", help="add a register dump to failure messages")
+    images = sub.add_parser(
+        "images", help="fetch and build the default guest's images into the cache"
+    )
+    images.add_argument(
+        "which", nargs="*", metavar="stock|small|initramfs", help="which images (default: all)"
+    )
     return parser
 
 
+def _images(which: list[str]) -> int:
+    """``pyvmm images``: bring each image up to date and say where it is."""
+    known = ["stock", "small", "initramfs"]
+    if unknown := [w for w in which if w not in known]:
+        raise UserError(f"unknown image {unknown[0]!r}: choose from {', '.join(known)}")
+    which = which or known
+    if "stock" in which:
+        k = default.stock_kernel(refresh=True)
+        print(f"stock kernel  {k.name}\n  {k.bzimage}\n  {k.vmlinux}")
+    if "small" in which:
+        k = default.small_kernel(refresh=True)
+        print(f"small kernel  {k.name}\n  {k.bzimage}\n  {k.vmlinux}")
+    if "initramfs" in which:
+        print(f"initramfs\n  {default.initramfs_image(refresh=True)}")
+    return 0
+
+
 def _config(args: argparse.Namespace) -> MachineConfig:
-    if args.kernel is None:
-        raise UserError(
-            "no --kernel given, and there is no default guest yet: "
-            "pass --kernel PATH (see README.md for a test guest)"
-        )
     memory = parse_size(args.memory)
     if memory > host_memory():
         raise UserError(
@@ -75,10 +108,17 @@ def _config(args: argparse.Namespace) -> MachineConfig:
         cpus = int(args.cpus)
     except ValueError:
         raise UserError(f"invalid --cpus {args.cpus!r}: give a whole number") from None
+    kernel, initrd, cmdline = args.kernel, args.initrd, args.cmdline
+    if kernel is None:
+        guest = default.default_guest(args.guest, pvm_host=pvm.host_is_pvm())
+        print(f"pyvmm: booting {guest.description}", file=sys.stderr, flush=True)
+        kernel = guest.kernel
+        initrd = initrd if initrd is not None else guest.initrd
+        cmdline = f"{guest.cmdline} {cmdline}".strip()
     return MachineConfig(
-        kernel=args.kernel,
-        initrd=args.initrd,
-        cmdline=args.cmdline,
+        kernel=kernel,
+        initrd=initrd,
+        cmdline=cmdline,
         memory=memory,
         cpus=cpus,
         debug=args.debug,
@@ -88,6 +128,8 @@ def _config(args: argparse.Namespace) -> MachineConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "images":
+            return _images(args.which)
         config = _config(args)
         result = Machine(config).run()
     except UserError as e:

@@ -1,0 +1,243 @@
+"""The default guest's images, fetched or built into the cache on first use.
+
+- the stock kernel: Debian's newest ``linux-image-*-cloud-amd64-unsigned``,
+  as shipped (a bzImage) and as the vmlinux ELF extracted from it;
+- the small kernel: Linux from Debian's ``linux-source-6.1``, configured with
+  ``make tinyconfig`` plus images/small-kernel.config;
+- the initramfs: ``busybox-static`` and images/init in a gzip'd newc cpio.
+
+Each lives in a directory named after what it was built from, so a new
+package version or an edited config fragment gives a new image. Without
+``refresh``, an image already in the cache is used as it is (no apt query, so
+this works offline); ``pyvmm images`` refreshes: it asks apt for the newest
+versions and builds whatever is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyvmm.images import debian, initramfs
+from pyvmm.images.cache import cache_dir, progress, staging_dir, write_atomic
+from pyvmm.images.debian import ImageError
+from pyvmm.images.vmlinux import compression, extract_vmlinux, payload
+
+#: The repository's images/ directory: the init script and the config fragment.
+IMAGES_SRC = Path(__file__).resolve().parents[2] / "images"
+
+STOCK_PACKAGES = r"^linux-image-[0-9.+a-z-]*-cloud-amd64-unsigned$"
+SMALL_SOURCE_PACKAGE = "linux-source-6.1"
+BUSYBOX_PACKAGE = "busybox-static"
+#: Changing how an image is built changes its cache key through this.
+BUILDER_VERSION = "1"
+#: Host tools the small kernel build needs, and the Debian packages with them.
+KERNEL_BUILD_TOOLS = {"make": "make", "gcc": "gcc", "flex": "flex", "bison": "bison",
+                      "bc": "bc", "perl": "perl"}  # fmt: skip
+KERNEL_BUILD_HEADERS = {"/usr/include/libelf.h": "libelf-dev"}
+
+
+@dataclass(frozen=True)
+class Kernel:
+    name: str  # e.g. "6.12.117+deb12-cloud-amd64"
+    bzimage: Path
+    vmlinux: Path
+
+
+def _source_file(name: str) -> Path:
+    path = IMAGES_SRC / name
+    if not path.is_file():
+        raise ImageError(f"{path} is missing: building images needs a pyvmm source checkout")
+    return path
+
+
+def _key(*parts: bytes | str) -> str:
+    h = hashlib.sha256(BUILDER_VERSION.encode())
+    for part in parts:
+        h.update(part.encode() if isinstance(part, str) else part)
+        h.update(b"\0")
+    return h.hexdigest()[:12]
+
+
+def _debs() -> Path:
+    return cache_dir() / "debs"
+
+
+def _newest_cached(paths: list[Path]) -> Path | None:
+    existing = [p for p in paths if p.exists()]
+    return max(existing, key=lambda p: p.stat().st_mtime) if existing else None
+
+
+# -- stock kernel ------------------------------------------------------------
+
+
+def stock_kernel(refresh: bool = False) -> Kernel:
+    """Debian's newest cloud kernel: its bzImage and the vmlinux inside it."""
+    if not refresh:
+        cached = _newest_cached(list((cache_dir() / "stock").glob("*/vmlinux")))
+        if cached is not None:
+            return Kernel(cached.parent.name, cached.parent / "bzImage", cached)
+    package, version = debian.newest(STOCK_PACKAGES)
+    release = package.removeprefix("linux-image-").removesuffix("-unsigned")
+    final = cache_dir() / "stock" / release
+    kernel = Kernel(release, final / "bzImage", final / "vmlinux")
+    if kernel.bzimage.is_file() and kernel.vmlinux.is_file():
+        return kernel
+    deb = debian.download(package, version, _debs())
+    files = debian.extract(deb, [f"boot/vmlinuz-{release}", f"boot/config-{release}"])
+    bzimage = files[f"boot/vmlinuz-{release}"]
+    progress(
+        f"extracting vmlinux from {release}'s bzImage ({compression(payload(bzimage))} payload)"
+    )
+    with staging_dir(final) as tmp:
+        (tmp / "bzImage").write_bytes(bzimage)
+        (tmp / "config").write_bytes(files[f"boot/config-{release}"])
+        (tmp / "vmlinux").write_bytes(extract_vmlinux(bzimage))
+    return kernel
+
+
+# -- small kernel ------------------------------------------------------------
+
+
+def _check_build_tools() -> None:
+    missing = [pkg for tool, pkg in KERNEL_BUILD_TOOLS.items() if shutil.which(tool) is None]
+    missing += [pkg for header, pkg in KERNEL_BUILD_HEADERS.items() if not Path(header).exists()]
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        raise ImageError(
+            f"building the small kernel needs: sudo apt-get install {' '.join(missing)}"
+        )
+    progress(f"installing kernel build tools: {' '.join(missing)}")
+    debian.ensure_package_lists()
+    proc = subprocess.run(
+        ["apt-get", "install", "-y", "-q", *missing], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        raise ImageError(f"apt-get install {' '.join(missing)} failed: {proc.stderr.strip()}")
+
+
+def _kernel_source(version: str) -> Path:
+    """The unpacked linux-source tree for ``version``, unpacking it once."""
+    tree = cache_dir() / "src" / f"{SMALL_SOURCE_PACKAGE}-{version}"
+    if (tree / "Makefile").is_file():
+        return tree
+    deb = debian.download(SMALL_SOURCE_PACKAGE, version, _debs())
+    tarball = f"usr/src/{SMALL_SOURCE_PACKAGE}.tar.xz"
+    progress(f"unpacking {SMALL_SOURCE_PACKAGE} {version}")
+    with staging_dir(tree) as tmp:
+        (tmp / "src.tar.xz").write_bytes(debian.extract(deb, [tarball])[tarball])
+        subprocess.run(["tar", "-xJf", "src.tar.xz", "--strip-components=1"], cwd=tmp, check=True)
+        (tmp / "src.tar.xz").unlink()
+    return tree
+
+
+def small_kernel(refresh: bool = False) -> Kernel:
+    """The small kernel, built from source the first time (minutes)."""
+    fragment = _source_file("small-kernel.config")
+    fragment_key = _key(fragment.read_bytes())
+    if not refresh:
+        cached = _newest_cached(list((cache_dir() / "small").glob(f"*-{fragment_key}/vmlinux")))
+        if cached is not None:
+            version = cached.parent.name.removesuffix(f"-{fragment_key}")
+            return Kernel(f"{version} small", cached.parent / "bzImage", cached)
+    package, version = SMALL_SOURCE_PACKAGE, debian.newest(f"^{SMALL_SOURCE_PACKAGE}$")[1]
+    key = fragment_key
+    final = cache_dir() / "small" / f"{version}-{key}"
+    kernel = Kernel(f"{version} small", final / "bzImage", final / "vmlinux")
+    if kernel.bzimage.is_file() and kernel.vmlinux.is_file():
+        return kernel
+    _check_build_tools()
+    src = _kernel_source(version)
+    jobs = str(os.cpu_count() or 1)
+    with staging_dir(final) as tmp:
+        build = tmp / "build"
+        log = final.parent / f"{final.name}.log"
+        progress(f"building the small kernel from {package} {version} (a few minutes; log: {log})")
+        steps = [
+            ["make", "-C", str(src), f"O={build}", "tinyconfig"],
+            [str(src / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(build),
+             str(build / ".config"), str(fragment)],
+            ["make", "-C", str(src), f"O={build}", "olddefconfig"],
+            ["make", "-C", str(src), f"O={build}", f"-j{jobs}", "vmlinux", "bzImage"],
+        ]  # fmt: skip
+        with open(log, "w") as out:
+            for step in steps:
+                if subprocess.run(step, stdout=out, stderr=subprocess.STDOUT).returncode:
+                    raise ImageError(f"small kernel build failed at '{step[-1]}': see {log}")
+        shutil.copy(build / "vmlinux", tmp / "vmlinux")
+        shutil.copy(build / "arch/x86/boot/bzImage", tmp / "bzImage")
+        shutil.copy(build / ".config", tmp / "config")
+        shutil.rmtree(build)
+    return kernel
+
+
+# -- initramfs ---------------------------------------------------------------
+
+
+def initramfs_image(refresh: bool = False) -> Path:
+    """busybox-static and /init, as a gzip'd cpio."""
+    init = _source_file("init").read_bytes()
+    init_key = _key(init)
+    if not refresh:
+        cached = _newest_cached(list((cache_dir() / "initramfs").glob(f"*-{init_key}.cpio.gz")))
+        if cached is not None:
+            return cached
+    package, version = debian.newest(f"^{BUSYBOX_PACKAGE}$")
+    name = f"busybox-{version.replace(':', '_')}-{init_key}.cpio.gz"
+    path = cache_dir() / "initramfs" / name
+    if path.is_file():
+        return path
+    deb = debian.download(package, version, _debs())
+    busybox = debian.extract(deb, ["bin/busybox"])["bin/busybox"]
+    progress(f"packing the initramfs (busybox {version})")
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = Path(tmp) / "busybox"
+        exe.write_bytes(busybox)
+        exe.chmod(0o755)  # run on the host for its list of applets
+        write_atomic(path, initramfs.build(exe, init))
+    return path
+
+
+# -- the default guest -------------------------------------------------------
+
+#: The default guest's command line: console on COM1; the i8042 options stop
+#: Linux probing for a mouse and keyboard that are not there.
+DEFAULT_CMDLINE = "console=ttyS0 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd"
+
+GUEST_KINDS = ("auto", "stock", "small")
+
+
+@dataclass(frozen=True)
+class Guest:
+    kernel: Path
+    initrd: Path
+    cmdline: str
+    description: str
+
+
+def default_guest(kind: str = "auto", pvm_host: bool = False) -> Guest:
+    """The kernel, initramfs and command line ``pyvmm run`` boots by default.
+
+    "auto" is Debian's stock kernel, except on a host that emulates guest
+    kernel mode (PVM), where the small kernel boots in a fraction of the time.
+    Both are loaded as vmlinux ELF files, which skips the kernel's own
+    decompressor.
+    """
+    if kind not in GUEST_KINDS:
+        raise ImageError(f"unknown guest {kind!r}: choose from {', '.join(GUEST_KINDS)}")
+    if kind == "auto":
+        kind = "small" if pvm_host else "stock"
+    kernel = small_kernel() if kind == "small" else stock_kernel()
+    what = "small kernel" if kind == "small" else "Debian stock kernel"
+    return Guest(
+        kernel=kernel.vmlinux,
+        initrd=initramfs_image(),
+        cmdline=DEFAULT_CMDLINE,
+        description=f"Linux {kernel.name} ({what}) with the busybox initramfs",
+    )

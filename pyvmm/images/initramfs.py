@@ -1,0 +1,43 @@
+"""The default initramfs: busybox-static and pyvmm's /init, as a gzip'd cpio.
+
+The applet links are created in the archive (from ``busybox --list``, run on
+the host: busybox-static is a static x86-64 binary), so the guest does not
+spend time installing them at boot.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+from pyvmm.images import cpio
+
+#: Directories every guest needs before /init runs.
+DIRECTORIES = ("bin", "sbin", "dev", "proc", "sys", "tmp", "run", "etc", "root")
+
+
+def applets(busybox: Path) -> list[str]:
+    """The applet names a busybox binary provides."""
+    out = subprocess.run(
+        [str(busybox), "--list"], capture_output=True, text=True, check=True
+    ).stdout
+    return sorted(name for name in out.split() if name != "busybox")
+
+
+def entries(
+    busybox: Path, init_script: bytes, extra: Sequence[cpio.Entry] = ()
+) -> list[cpio.Entry]:
+    items = [cpio.directory(d) for d in DIRECTORIES]
+    # /dev/console must exist before devtmpfs is mounted: the kernel opens it for init.
+    items.append(cpio.char_device("dev/console", 5, 1))
+    items.append(cpio.file("bin/busybox", busybox.read_bytes(), 0o755))
+    items += [cpio.symlink(f"bin/{name}", "busybox") for name in applets(busybox)]
+    items.append(cpio.file("init", init_script, 0o755))
+    items.append(cpio.file("etc/profile", b'PS1="pyvmm:\\w# "\nexport PS1\n'))
+    items += list(extra)
+    return items
+
+
+def build(busybox: Path, init_script: bytes, extra: Sequence[cpio.Entry] = ()) -> bytes:
+    return cpio.gzipped(entries(busybox, init_script, extra))

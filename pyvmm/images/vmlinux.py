@@ -1,0 +1,101 @@
+"""Extracting the uncompressed vmlinux ELF from a bzImage.
+
+A bzImage carries the kernel as a compressed payload (boot.rst:
+``payload_offset`` from the start of the protected-mode code, and
+``payload_length``). Decompressing it here, once, lets pyvmm load the ELF
+directly and skip the kernel's own decompressor, which runs in guest kernel
+mode and is slow where that mode is emulated. The compression is recognised
+by its magic bytes (the same table Linux's decompressor uses, lib/decompress.c).
+"""
+
+from __future__ import annotations
+
+import bz2
+import lzma
+import struct
+import zlib
+
+from pyvmm.boot.bzimage import DEFAULT_SETUP_SECTS, SECTOR, parse_bzimage
+from pyvmm.boot.elf import is_elf
+from pyvmm.boot.image import KernelFormatError
+from pyvmm.boot.zeropage import SetupHeader
+
+#: Magic bytes at the start of each kind of payload.
+MAGICS = {
+    b"\x1f\x8b": "gzip",
+    b"\x1f\x9e": "gzip",
+    b"BZh": "bzip2",
+    b"\x5d\x00\x00": "lzma",
+    b"\xfd7zXZ\x00": "xz",
+    b"\x89LZO": "lzo",
+    b"\x02\x21\x4c\x18": "lz4",
+    b"\x28\xb5\x2f\xfd": "zstd",
+}
+
+#: LZ4 "legacy" frames: blocks of at most 8 MiB, each after its 32-bit size.
+LZ4_LEGACY_MAGIC = 0x184C2102
+LZ4_LEGACY_BLOCK = 8 << 20
+
+
+def payload(bzimage: bytes) -> bytes:
+    """The compressed kernel inside a bzImage."""
+    parse_bzimage(bzimage)  # checks the header, raises KernelFormatError
+    hdr = SetupHeader.parse(bzimage)
+    start = ((hdr.setup_sects or DEFAULT_SETUP_SECTS) + 1) * SECTOR + hdr.payload_offset
+    end = start + hdr.payload_length
+    if hdr.payload_length == 0 or end > len(bzimage):
+        raise KernelFormatError("bzImage has no payload inside the file (payload_offset/length)")
+    return bzimage[start:end]
+
+
+def compression(data: bytes) -> str:
+    for magic, name in MAGICS.items():
+        if data.startswith(magic):
+            return name
+    return "unknown"
+
+
+def _lz4_legacy(data: bytes, size: int) -> bytes:
+    import lz4.block
+
+    out = bytearray()
+    pos = 4  # after the magic
+    while pos + 4 <= len(data) and len(out) < size:
+        (n,) = struct.unpack_from("<I", data, pos)
+        pos += 4
+        if n == LZ4_LEGACY_MAGIC:  # another frame follows
+            continue
+        out += lz4.block.decompress(data[pos : pos + n], uncompressed_size=LZ4_LEGACY_BLOCK)
+        pos += n
+    return bytes(out)
+
+
+def decompress(data: bytes) -> bytes:
+    """Decompress a kernel payload by its magic. Most kernels append the
+    uncompressed size as a little-endian u32 (scripts/Makefile.lib size_append)."""
+    kind = compression(data)
+    appended_size = struct.unpack("<I", data[-4:])[0]
+    if kind == "gzip":
+        return zlib.decompressobj(wbits=31).decompress(data)
+    if kind == "bzip2":
+        return bz2.BZ2Decompressor().decompress(data)
+    if kind == "xz":
+        return lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(data)
+    if kind == "lzma":
+        return lzma.LZMADecompressor(format=lzma.FORMAT_ALONE).decompress(data)
+    if kind == "lz4":
+        return _lz4_legacy(data, appended_size)
+    if kind == "zstd":
+        import zstandard
+
+        out: bytes = zstandard.ZstdDecompressor().decompressobj().decompress(data)
+        return out
+    raise KernelFormatError(f"cannot decompress a {kind} kernel payload")
+
+
+def extract_vmlinux(bzimage: bytes) -> bytes:
+    """The vmlinux ELF (with any relocation data the kernel appends to it)."""
+    elf = decompress(payload(bzimage))
+    if not is_elf(elf):
+        raise KernelFormatError("the bzImage payload did not decompress to an ELF file")
+    return elf
