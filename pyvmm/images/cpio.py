@@ -68,6 +68,6 @@ def archive(entries: list[Entry]) -> bytes:
     return bytes(out)
 
 
-def gzipped(entries: list[Entry]) -> bytes:
+def gzipped(entries: list[Entry], level: int = 6) -> bytes:
     """The archive, gzip-compressed (mtime 0, so reproducible)."""
-    return gzip.compress(archive(entries), compresslevel=6, mtime=0)
+    return gzip.compress(archive(entries), compresslevel=level, mtime=0)

@@ -183,7 +183,7 @@ def small_kernel(refresh: bool = False) -> Kernel:
 def initramfs_image(refresh: bool = False) -> Path:
     """busybox-static and /init, as a gzip'd cpio."""
     init = _source_file("init").read_bytes()
-    init_key = _key(init)
+    init_key = _key(init, f"gzip-{initramfs.GZIP_LEVEL}")
     if not refresh:
         cached = _newest_cached(list((cache_dir() / "initramfs").glob(f"*-{init_key}.cpio.gz")))
         if cached is not None:
