@@ -55,3 +55,36 @@ def test_entries_are_present_writable_2m_pages() -> None:
     assert pd1[3] == (512 + 3) * (2 << 20) | 0x83
     pml4 = struct.unpack("<512Q", tables[layout.PML4_ADDR])
     assert pml4[0] == layout.PDPT_ADDR | 0x3 and not any(pml4[1:])
+
+
+def _tables_with_4k_page(pte_flags: int) -> dict[int, bytes]:
+    """PML4 -> PDPT -> PD -> PT mapping virtual 0x400000 to physical 0x123000."""
+    pml4, pdpt, pd, pt = 0x10000, 0x11000, 0x12000, 0x13000
+
+    def table(index: int, entry: int) -> bytes:
+        entries = [0] * 512
+        entries[index] = entry
+        return struct.pack("<512Q", *entries)
+
+    return {
+        pml4: table(0, pdpt | 0x3),
+        pdpt: table(0, pd | 0x3),
+        pd: table(2, pt | 0x3),
+        pt: table(0, 0x123000 | pte_flags),
+    }
+
+
+def test_write_to_read_only_page_is_a_protection_fault() -> None:
+    read = reader(_tables_with_4k_page(0x1))  # present, not writable
+    assert translate(read, 0x10000, 0x400010) == 0x123010
+    with pytest.raises(PageFault) as e:
+        translate(read, 0x10000, 0x400010, write=True)
+    assert (e.value.vaddr, e.value.error_code) == (0x400010, 0x3)  # present | write
+
+
+def test_write_to_writable_page_and_unmapped_error_code() -> None:
+    read = reader(_tables_with_4k_page(0x3))
+    assert translate(read, 0x10000, 0x400FF8, write=True) == 0x123FF8
+    with pytest.raises(PageFault) as e:
+        translate(read, 0x10000, 0x401000, write=True)
+    assert e.value.error_code == 0x2  # not present, write

@@ -40,21 +40,38 @@ def identity_map() -> dict[int, bytes]:
     return tables
 
 
+#: #PF error-code bits (SDM Vol. 3A, 4.7 "Page-Fault Exceptions").
+PF_PRESENT = 1 << 0  # the page was present: a protection fault
+PF_WRITE = 1 << 1  # the access was a write
+
+
 class PageFault(Exception):
-    """A virtual address that the tables do not map."""
+    """An access the tables do not allow: the address is unmapped, or it is a
+    write to a read-only page. ``error_code`` is what the CPU would report."""
+
+    def __init__(self, message: str, vaddr: int = 0, error_code: int = 0) -> None:
+        super().__init__(message)
+        self.vaddr = vaddr
+        self.error_code = error_code
 
 
-def translate(read_u64: Callable[[int], int], cr3: int, vaddr: int) -> int:
+def translate(read_u64: Callable[[int], int], cr3: int, vaddr: int, write: bool = False) -> int:
     """Walk 4-level tables rooted at ``cr3`` and return vaddr's physical address.
 
-    ``read_u64`` reads guest-physical memory (and raises if outside RAM).
+    ``read_u64`` reads guest-physical memory (and raises if outside RAM). With
+    ``write``, every level must allow writing, as it must for a supervisor
+    write with CR0.WP set (Linux always sets it): a copy-on-write page then
+    faults rather than being changed under the processes that share it.
     """
     table = cr3 & ADDR_MASK
+    fault = PF_WRITE if write else 0
     # Levels: PML4 (bits 47:39), PDPT (38:30), PD (29:21), PT (20:12).
     for level, shift in enumerate((39, 30, 21, 12)):
         entry = read_u64(table + ((vaddr >> shift) & 0x1FF) * 8)
         if not entry & PTE_PRESENT:
-            raise PageFault(f"{vaddr:#x} is not mapped")
+            raise PageFault(f"{vaddr:#x} is not mapped", vaddr, fault)
+        if write and not entry & PTE_WRITABLE:
+            raise PageFault(f"{vaddr:#x} is read-only", vaddr, fault | PF_PRESENT)
         if level in (1, 2) and entry & PTE_PAGE_SIZE:
             page_mask = (1 << shift) - 1
             return (entry & ADDR_MASK & ~page_mask) | (vaddr & page_mask)
