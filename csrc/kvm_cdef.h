@@ -49,6 +49,9 @@ typedef int... __u64;
 #define KVM_GET_VCPU_EVENTS ...
 #define KVM_SET_VCPU_EVENTS ...
 #define KVM_SET_GUEST_DEBUG ...
+#define KVM_GET_XSAVE ...
+#define KVM_SET_XSAVE ...
+#define KVM_GET_XCRS ...
 
 /* other constants */
 #define KVM_API_VERSION ...
@@ -174,6 +177,24 @@ struct kvm_sregs {
     __u64 efer;
     __u64 apic_base;
     __u64 interrupt_bitmap[...];
+    ...;
+};
+
+/* The vCPU's XSAVE image in the standard (non-compacted) format. */
+struct kvm_xsave {
+    __u32 region[1024];
+    ...;
+};
+
+struct kvm_xcr {
+    __u32 xcr;
+    __u64 value;
+    ...;
+};
+
+struct kvm_xcrs {
+    __u32 nr_xcrs;
+    struct kvm_xcr xcrs[...];
     ...;
 };
 

@@ -76,6 +76,30 @@ class Vcpu:
     def set_fpu(self, fpu: Any) -> None:
         ioctl(self.fd, "KVM_SET_FPU", fpu)
 
+    def get_xsave(self) -> bytes:
+        """KVM_GET_XSAVE: the vCPU's extended state as a standard-format XSAVE
+        image (component offsets as in the host's CPUID leaf 0xD)."""
+        xsave = ffi.new("struct kvm_xsave *")
+        ioctl(self.fd, "KVM_GET_XSAVE", xsave)
+        return bytes(ffi.buffer(xsave.region))
+
+    def set_xsave(self, image: bytes) -> None:
+        xsave = ffi.new("struct kvm_xsave *")
+        region = ffi.buffer(xsave.region)
+        if len(image) > len(region):
+            raise ValueError(f"XSAVE image of {len(image)} bytes; KVM takes {len(region)}")
+        region[: len(image)] = image
+        ioctl(self.fd, "KVM_SET_XSAVE", xsave)
+
+    def get_xcr0(self) -> int:
+        """XCR0, the enabled XSAVE components (KVM_GET_XCRS)."""
+        xcrs = ffi.new("struct kvm_xcrs *")
+        ioctl(self.fd, "KVM_GET_XCRS", xcrs)
+        for i in range(xcrs.nr_xcrs):
+            if xcrs.xcrs[i].xcr == 0:
+                return int(xcrs.xcrs[i].value)
+        return 1  # x87 only: XCR0's value at reset
+
     def get_msrs(self, indices: list[int]) -> dict[int, int]:
         """KVM_GET_MSRS; MSRs KVM does not know are left out of the result."""
         n = len(indices)
