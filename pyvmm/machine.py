@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pyvmm.arch.x86_64 import cpuid, lapic, msr, pvm, regs
+from pyvmm.arch.x86_64 import cpuid, lapic, msr, pvm, regs, xsave
 from pyvmm.boot import layout, loader
 from pyvmm.boot.loader import BootInfo
 from pyvmm.devices import cmos, i8042, serial
@@ -211,7 +211,9 @@ class Machine:
             # Guest kernel mode is emulated here: steer the kernel clear of what
             # the emulator cannot do, and carry out what it refuses anyway.
             cmdline = pvm.guest_cmdline(cmdline)
-            self._assist = pvm.EmulationAssist(memory)
+            self._assist = pvm.EmulationAssist(
+                memory, xsave.Layout.from_cpuid(kvm.supported_cpuid())
+            )
         self.boot = boot = loader.load(memory, kernel, cmdline, initrd)
         regs.write_boot_tables(memory)
 

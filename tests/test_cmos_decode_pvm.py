@@ -87,6 +87,34 @@ def test_not_cmpxchg16b() -> None:
     assert not decode.is_cmpxchg16b(b"")
 
 
+@pytest.mark.parametrize(
+    "hexbytes, xsave, xrstor",
+    [
+        ("480fae27", True, False),  # xsave64 (%rdi)
+        ("0fae21", True, False),  # xsave (%rcx)
+        ("480fae2f", False, True),  # xrstor64 (%rdi)
+        ("410fae6d00", False, True),  # xrstor 0(%r13)
+        ("0faee8", False, False),  # lfence: the register form of /5
+        ("f3480fae27", False, False),  # ptwrite: F3 makes it another instruction
+        ("660fae3f", False, False),  # clflushopt
+        ("480fae37", False, False),  # xsaveopt64 (/6)
+        ("480fc72f", False, False),  # xsaves64 is 0F C7 /5
+        ("0fae542404", False, False),  # ldmxcsr 4(%rsp)
+        ("", False, False),
+    ],
+)
+def test_xsave_xrstor_recognised(hexbytes: str, xsave: bool, xrstor: bool) -> None:
+    insn = bytes.fromhex(hexbytes)
+    assert (decode.is_xsave(insn), decode.is_xrstor(insn)) == (xsave, xrstor)
+
+
+def test_mxcsr_instructions_recognised() -> None:
+    assert decode.is_ldmxcsr(bytes.fromhex("0fae542404"))  # ldmxcsr 4(%rsp)
+    assert decode.is_stmxcsr(bytes.fromhex("0fae5c2404"))  # stmxcsr 4(%rsp)
+    assert not decode.is_ldmxcsr(bytes.fromhex("f30faed0"))  # wrfsbase %eax
+    assert not decode.is_stmxcsr(bytes.fromhex("0fae542404"))
+
+
 def test_truncated_operand() -> None:
     with pytest.raises(decode.DecodeError):
         decode.decode_memory_operand(bytes.fromhex("480fc78d"), REGS, SREGS)
@@ -120,4 +148,8 @@ def test_guest_cmdline_appends_missing_options_once() -> None:
     assert pvm.guest_cmdline("console=ttyS0") == "console=ttyS0 " + " ".join(pvm.GUEST_CMDLINE)
     full = pvm.guest_cmdline("a")
     assert pvm.guest_cmdline(full) == full
-    assert "noxsave" in pvm.GUEST_CMDLINE
+    # XSAVE stays on (guest user mode uses AVX natively); its optimised and
+    # compacted forms, which pyvmm does not carry out, are switched off.
+    assert "noxsave" not in pvm.GUEST_CMDLINE
+    cleared = next(o for o in pvm.GUEST_CMDLINE if o.startswith("clearcpuid="))
+    assert {"320", "321", "322", "323"} <= set(cleared.split("=")[1].split(","))

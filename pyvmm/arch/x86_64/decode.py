@@ -72,6 +72,42 @@ def is_cmpxchg16b(insn: bytes) -> bool:
     )
 
 
+def _group15_memory(insn: bytes, reg: int) -> bool:
+    """0F AE /reg with a memory operand and no mandatory prefix (66, F2, F3
+    turn this opcode into other instructions)."""
+    p = prefixes(insn)
+    if any(b in (OPERAND_SIZE, REPNE, REP) for b in insn[: p.length]):
+        return False
+    body = insn[p.length :]
+    return (
+        len(body) >= 3
+        and body[:2] == b"\x0f\xae"
+        and (body[2] >> 3) & 7 == reg
+        and body[2] >> 6 != 3
+    )
+
+
+def is_ldmxcsr(insn: bytes) -> bool:
+    """LDMXCSR m32: 0F AE /2 (the kernel runs it in kernel_fpu_begin)."""
+    return _group15_memory(insn, 2)
+
+
+def is_stmxcsr(insn: bytes) -> bool:
+    """STMXCSR m32: 0F AE /3."""
+    return _group15_memory(insn, 3)
+
+
+def is_xsave(insn: bytes) -> bool:
+    """XSAVE / XSAVE64: [REX.W] 0F AE /4, memory operand."""
+    return _group15_memory(insn, 4)
+
+
+def is_xrstor(insn: bytes) -> bool:
+    """XRSTOR / XRSTOR64: [REX.W] 0F AE /5, memory operand (with a register
+    operand the same bytes are LFENCE)."""
+    return _group15_memory(insn, 5)
+
+
 @dataclass(frozen=True)
 class MemoryOperand:
     address: int  # linear (guest-virtual) address

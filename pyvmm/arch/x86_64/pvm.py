@@ -9,9 +9,11 @@ on hardware-assisted KVM:
   the emulator cannot do (:data:`GUEST_CMDLINE`);
 - it resolves the emulation failures KVM reports (KVM_EXIT_INTERNAL_ERROR,
   suberror KVM_INTERNAL_ERROR_EMULATION) that it can: ``int3`` is turned
-  into the #BP exception the guest expects; ``fwait``, ``clac``, ``stac`` and
-  ``cmpxchg16b`` are carried out here on guest memory and registers. Anything
-  else ends the VM with the instruction's bytes, its address and a hint;
+  into the #BP exception the guest expects; ``fwait``, ``clac``, ``stac``,
+  ``cmpxchg16b``, ``xsave`` and ``xrstor`` are carried out here on guest
+  memory and registers (a fault they meet is raised in the guest, as the CPU
+  would). Anything else ends the VM with the instruction's bytes, its address
+  and a hint;
 - it completes system calls. A ``syscall`` from guest user mode arrives at
   the guest's LSTAR with RCX and R11 set, but still in user mode (CPL 3,
   RFLAGS unmasked), so the kernel's entry code immediately takes a page fault
@@ -34,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pyvmm.arch.x86_64 import decode, paging
+from pyvmm.arch.x86_64 import decode, paging, xsave
 from pyvmm.kvm import Vcpu
 from pyvmm.memory import GuestMemory, GuestMemoryError
 
@@ -44,16 +46,23 @@ PVM_MODULE = Path("/sys/module/kvm_pvm")
 #: KVM_SET_CPUID2 says, so features are switched off on the kernel's command
 #: line instead; each one otherwise leads Linux (through its alternatives) to
 #: an instruction KVM's emulator does not implement:
-#: - noxsave: XSAVE/XRSTOR (FPU state is then kept with FXSAVE/FXRSTOR);
 #: - nofsgsbase: RDGSBASE/WRGSBASE on every entry and context switch;
 #: - nopcid, noinvpcid: INVPCID in TLB flushes;
 #: - clearcpuid= bits of arch/x86/include/asm/cpufeatures.h: 4*32+13 CX16
 #:   (SLUB's lockless fast path, CMPXCHG16B), 4*32+23 POPCNT, 4*32+30 RDRAND,
-#:   9*32+18 RDSEED.
+#:   9*32+18 RDSEED, and 10*32+0..3 XSAVEOPT, XSAVEC, XGETBV1, XSAVES, which
+#:   leaves Linux plain XSAVE/XRSTOR on the standard-form area: pyvmm carries
+#:   those out (see xsave.py).
+#: XSAVE itself stays on: guest user mode runs natively, sees AVX and AVX-512
+#: in the host's CPUID and uses them (glibc does), so the guest kernel must
+#: switch that state between processes; with only FXSAVE, the upper halves of
+#: the vector registers leak from one process to the next.
 #: SMAP stays on: its CLAC at each kernel entry is how system calls get repaired.
-GUEST_CMDLINE = ("noxsave", "nofsgsbase", "nopcid", "noinvpcid", "clearcpuid=141,151,158,306")
+GUEST_CMDLINE = ("nofsgsbase", "nopcid", "noinvpcid",
+                 "clearcpuid=141,151,158,306,320,321,322,323")  # fmt: skip
 
 BP_VECTOR = 3  # #BP, the breakpoint exception (SDM Vol. 3A, table 6-1)
+GP_VECTOR = 13  # #GP, general protection
 PF_VECTOR = 14  # #PF, page fault
 MF_VECTOR = 16  # #MF, x87 floating-point error
 FSW_ES = 1 << 7  # x87 status word: an unmasked exception is pending
@@ -96,8 +105,9 @@ class Unhandled:
 class EmulationAssist:
     """Resolves KVM emulation failures for one machine's guest memory."""
 
-    def __init__(self, memory: GuestMemory) -> None:
+    def __init__(self, memory: GuestMemory, xsave_layout: xsave.Layout) -> None:
         self._memory = memory
+        self._xsave_layout = xsave_layout
         # IDT base -> address of the guest's page-fault handler.
         self._pf_handler: dict[int, int] = {}
         self._handlers: list[tuple[Callable[[bytes], bool], Callable[..., None]]] = [
@@ -106,6 +116,10 @@ class EmulationAssist:
             (lambda insn: insn[:3] == CLAC, self._clac),
             (lambda insn: insn[:3] == STAC, self._stac),
             (decode.is_cmpxchg16b, self._cmpxchg16b),
+            (decode.is_ldmxcsr, self._ldmxcsr),
+            (decode.is_stmxcsr, self._stmxcsr),
+            (decode.is_xsave, self._xsave),
+            (decode.is_xrstor, self._xrstor),
         ]
 
     def handle(self, vcpu: Vcpu) -> Unhandled | None:
@@ -137,7 +151,7 @@ class EmulationAssist:
             return insn
         try:
             return self._read_virtual(sregs, regs.rip, MAX_INSN)
-        except (GuestMemoryError, paging.PageFault):
+        except (GuestMemoryError, paging.PageFault, decode.DecodeError):
             return b""
 
     def _read_virtual(self, sregs: Any, vaddr: int, size: int) -> bytes:
@@ -149,23 +163,42 @@ class EmulationAssist:
             out += self._memory.read(self._physical(sregs, addr), chunk)
         return bytes(out)
 
-    def _physical(self, sregs: Any, vaddr: int) -> int:
+    def _writable(self, sregs: Any, vaddr: int, size: int) -> list[tuple[int, int]]:
+        """The (physical address, length) pieces of a guest-virtual range, or the
+        #PF a write to it raises, before anything is written."""
+        pieces = []
+        done = 0
+        while done < size:
+            addr = vaddr + done
+            chunk = min(size - done, 0x1000 - (addr & 0xFFF))
+            pieces.append((self._physical(sregs, addr, write=True), chunk))
+            done += chunk
+        return pieces
+
+    def _write_virtual(self, sregs: Any, vaddr: int, data: bytes) -> None:
+        """Write guest-virtual memory; a #PF leaves it untouched."""
+        done = 0
+        for phys, size in self._writable(sregs, vaddr, len(data)):
+            self._memory.write(phys, data[done : done + size])
+            done += size
+
+    def _physical(self, sregs: Any, vaddr: int, write: bool = False) -> int:
         if not sregs.cr0 & (1 << 31):  # paging off
             return vaddr
         if sregs.cr4 & (1 << 12):  # LA57: 5-level paging
-            raise paging.PageFault("5-level paging is not supported")
-        return paging.translate(self._memory.read_u64, sregs.cr3, vaddr)
+            raise decode.DecodeError("5-level paging is not supported")
+        return paging.translate(self._memory.read_u64, sregs.cr3, vaddr, write)
 
     # -- instructions ----------------------------------------------------
 
     @staticmethod
-    def _inject(vcpu: Vcpu, vector: int) -> None:
-        """Deliver an exception without an error code on the next KVM_RUN."""
+    def _inject(vcpu: Vcpu, vector: int, error_code: int | None = None) -> None:
+        """Deliver an exception on the next KVM_RUN (RIP is left as it is)."""
         events = vcpu.get_vcpu_events()
         events.exception.injected = 1
         events.exception.nr = vector
-        events.exception.has_error_code = 0
-        events.exception.error_code = 0
+        events.exception.has_error_code = int(error_code is not None)
+        events.exception.error_code = error_code or 0
         events.flags = 0  # leave NMI, SIPI and interrupt-shadow state alone
         vcpu.set_vcpu_events(events)
 
@@ -235,13 +268,97 @@ class EmulationAssist:
         vcpu.set_sregs(sregs)
         return True
 
+    def _ldmxcsr(self, vcpu: Vcpu, regs: Any, sregs: Any, insn: bytes) -> None:
+        """LDMXCSR: load MXCSR from m32; #GP if it sets reserved bits (SDM Vol. 2A)."""
+        op = decode.decode_memory_operand(insn, regs, sregs)
+        try:
+            value = int.from_bytes(self._read_virtual(sregs, op.address, 4), "little")
+        except paging.PageFault as fault:
+            self._page_fault(vcpu, sregs, fault)
+            return
+        state = vcpu.get_xsave()
+        mask = int.from_bytes(state[xsave.MXCSR_MASK_OFFSET :][:4], "little")
+        if value & ~(mask or xsave.DEFAULT_MXCSR_MASK):
+            self._inject(vcpu, GP_VECTOR, 0)
+            return
+        fpu = vcpu.get_fpu()
+        fpu.mxcsr = value
+        vcpu.set_fpu(fpu)
+        regs.rip += op.length
+        vcpu.set_regs(regs)
+
+    def _stmxcsr(self, vcpu: Vcpu, regs: Any, sregs: Any, insn: bytes) -> None:
+        """STMXCSR: store MXCSR to m32."""
+        op = decode.decode_memory_operand(insn, regs, sregs)
+        try:
+            self._write_virtual(sregs, op.address, int(vcpu.get_fpu().mxcsr).to_bytes(4, "little"))
+        except paging.PageFault as fault:
+            self._page_fault(vcpu, sregs, fault)
+            return
+        regs.rip += op.length
+        vcpu.set_regs(regs)
+
+    def _page_fault(self, vcpu: Vcpu, sregs: Any, fault: paging.PageFault) -> None:
+        """Raise the #PF the instruction met: CR2 holds the address."""
+        sregs.cr2 = fault.vaddr
+        vcpu.set_sregs(sregs)
+        self._inject(vcpu, PF_VECTOR, fault.error_code)
+
+    def _xsave_operands(
+        self, vcpu: Vcpu, regs: Any, sregs: Any, insn: bytes
+    ) -> tuple[int, int, int]:
+        """(area address, instruction length, RFBM = XCR0 AND EDX:EAX)."""
+        op = decode.decode_memory_operand(insn, regs, sregs)
+        xcr0 = vcpu.get_xcr0()
+        rfbm = xcr0 & ((regs.rdx & 0xFFFFFFFF) << 32 | regs.rax & 0xFFFFFFFF)
+        return op.address, op.length, rfbm
+
+    def _xsave(self, vcpu: Vcpu, regs: Any, sregs: Any, insn: bytes) -> None:
+        """XSAVE: store the vCPU's state components in RFBM to memory."""
+        address, length, rfbm = self._xsave_operands(vcpu, regs, sregs, insn)
+        layout = self._xsave_layout
+        try:
+            if address % 64:
+                raise xsave.XsaveFault("XSAVE area is not 64-byte aligned")
+            size = layout.size(rfbm)
+            self._writable(sregs, address, size)  # a #PF must carry the write bit
+            area = self._read_virtual(sregs, address, size)
+            self._write_virtual(sregs, address, xsave.store(vcpu.get_xsave(), rfbm, area, layout))
+        except paging.PageFault as fault:
+            self._page_fault(vcpu, sregs, fault)
+            return
+        except xsave.XsaveFault:
+            self._inject(vcpu, GP_VECTOR, 0)
+            return
+        regs.rip += length
+        vcpu.set_regs(regs)
+
+    def _xrstor(self, vcpu: Vcpu, regs: Any, sregs: Any, insn: bytes) -> None:
+        """XRSTOR: load the vCPU's state components in RFBM from memory."""
+        address, length, rfbm = self._xsave_operands(vcpu, regs, sregs, insn)
+        layout = self._xsave_layout
+        try:
+            if address % 64:
+                raise xsave.XsaveFault("XSAVE area is not 64-byte aligned")
+            area = self._read_virtual(sregs, address, layout.size(rfbm))
+            image = xsave.load(vcpu.get_xsave(), rfbm, area, vcpu.get_xcr0(), layout)
+        except paging.PageFault as fault:
+            self._page_fault(vcpu, sregs, fault)
+            return
+        except xsave.XsaveFault:
+            self._inject(vcpu, GP_VECTOR, 0)
+            return
+        vcpu.set_xsave(image)
+        regs.rip += length
+        vcpu.set_regs(regs)
+
     def _cmpxchg16b(self, vcpu: Vcpu, regs: Any, sregs: Any, insn: bytes) -> None:
         """Compare RDX:RAX with m128; if equal store RCX:RBX and set ZF, else
         load m128 into RDX:RAX and clear ZF (SDM Vol. 2A, CMPXCHG8B/CMPXCHG16B)."""
         op = decode.decode_memory_operand(insn, regs, sregs)
         if op.address % 16:
             raise decode.DecodeError("m128 operand is not 16-byte aligned (#GP)")
-        phys = self._physical(sregs, op.address)
+        phys = self._physical(sregs, op.address, write=True)
         view = self._memory.view(phys, 16)  # 16-aligned: never crosses a page
         ok, old_lo, old_hi = decode.atomic_cmpxchg16b(view, regs.rax, regs.rdx, regs.rbx, regs.rcx)
         zf = 1 << 6
