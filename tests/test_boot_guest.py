@@ -126,6 +126,14 @@ def test_halt_with_interrupts_disabled_ends_the_vm(guests: Guests) -> None:
     assert r.stderr == "pyvmm: guest halted with interrupts disabled\n"
 
 
+def test_xsave_and_xrstor_in_kernel_mode(guests: Guests) -> None:
+    """The guest saves XMM0 with XSAVE, clobbers it and gets it back with
+    XRSTOR, at CPL0: native on hardware KVM, carried out by pyvmm on PVM."""
+    r = pyvmm("run", "--kernel", guests.elf, "--cmdline", "action=xsave", "--memory", "64M")
+    assert r.returncode == 0, r.stderr
+    assert "xsave: ok" in r.stdout.splitlines()
+
+
 def test_debug_adds_a_register_dump(guests: Guests) -> None:
     r = pyvmm(
         "run", "--kernel", guests.elf, "--cmdline", "action=halt", "--memory", "64M", "--debug"
