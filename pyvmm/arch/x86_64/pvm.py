@@ -52,14 +52,16 @@ PVM_MODULE = Path("/sys/module/kvm_pvm")
 #:   (SLUB's lockless fast path, CMPXCHG16B), 4*32+23 POPCNT, 4*32+30 RDRAND,
 #:   9*32+18 RDSEED, and 10*32+0..3 XSAVEOPT, XSAVEC, XGETBV1, XSAVES, which
 #:   leaves Linux plain XSAVE/XRSTOR on the standard-form area: pyvmm carries
-#:   those out (see xsave.py).
+#:   those out (see xsave.py); 4*32+9 SSSE3 and 9*32+31 AVX512VL keep the
+#:   kernel's BLAKE2s (its random number generator) on generic C code rather
+#:   than PSHUFB or AVX-512, without dropping any XSAVE state component.
 #: XSAVE itself stays on: guest user mode runs natively, sees AVX and AVX-512
 #: in the host's CPUID and uses them (glibc does), so the guest kernel must
 #: switch that state between processes; with only FXSAVE, the upper halves of
 #: the vector registers leak from one process to the next.
 #: SMAP stays on: its CLAC at each kernel entry is how system calls get repaired.
 GUEST_CMDLINE = ("nofsgsbase", "nopcid", "noinvpcid",
-                 "clearcpuid=141,151,158,306,320,321,322,323")  # fmt: skip
+                 "clearcpuid=137,141,151,158,306,319,320,321,322,323")  # fmt: skip
 
 BP_VECTOR = 3  # #BP, the breakpoint exception (SDM Vol. 3A, table 6-1)
 GP_VECTOR = 13  # #GP, general protection
