@@ -27,10 +27,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pyvmm.arch.x86_64 import cpuid, lapic, msr, pvm, regs, xsave
+from pyvmm.arch.x86_64 import acpi, cpuid, lapic, msr, pvm, regs, xsave
 from pyvmm.boot import layout, loader
 from pyvmm.boot.loader import BootInfo
-from pyvmm.devices import cmos, i8042, serial
+from pyvmm.devices import acpi_pm, cmos, i8042, pvpanic, serial
 from pyvmm.devices.bus import Bus
 from pyvmm.errors import UserError
 from pyvmm.kvm import Kvm, KvmError, Vcpu, Vm, lib
@@ -67,9 +67,15 @@ class ExitKind(enum.Enum):
     VMM_ERROR = ("pyvmm failed", 1)
     HALTED = ("guest halted with interrupts disabled", 3)
     TRIPLE_FAULT = ("triple fault", 4)
+    PANIC = ("guest kernel panicked", 7)
     EMULATION_FAILURE = ("KVM could not emulate an instruction", 5)
     INTERNAL_ERROR = ("KVM internal error", 6)
-    INTERRUPTED = ("interrupted", 130)
+    #: Ctrl-A x on the console.
+    QUIT = ("quit from the console", 0)
+    #: Signals: the usual 128 + signal number.
+    HANGUP = ("hung up (SIGHUP)", 128 + signal.SIGHUP)
+    INTERRUPTED = ("interrupted", 128 + signal.SIGINT)
+    TERMINATED = ("terminated (SIGTERM)", 128 + signal.SIGTERM)
 
     @property
     def status(self) -> int:
@@ -214,7 +220,18 @@ class Machine:
             self._assist = pvm.EmulationAssist(
                 memory, xsave.Layout.from_cpuid(kvm.supported_cpuid())
             )
-        self.boot = boot = loader.load(memory, kernel, cmdline, initrd)
+        tables = acpi.build(
+            layout.ACPI_TABLES_ADDR,
+            nr_cpus=c.cpus,
+            lapic_addr=layout.LAPIC_ADDR,
+            ioapic_addr=layout.IOAPIC_ADDR,
+            pm1_evt_port=acpi_pm.EVT_PORT,
+            pm1_cnt_port=acpi_pm.CNT_PORT,
+            pvpanic_port=pvpanic.PORT,
+        )
+        for addr, blob in tables.blobs.items():
+            memory.write(addr, blob)
+        self.boot = boot = loader.load(memory, kernel, cmdline, initrd, tables.rsdp_addr)
         regs.write_boot_tables(memory)
 
         supported = kvm.supported_cpuid()
@@ -244,6 +261,20 @@ class Machine:
             i8042.I8042(on_reset=lambda: self.stop(VmExit(ExitKind.RESET, "guest reset"))),
         )
         self.pio.insert(cmos.INDEX_PORT, cmos.PORT_COUNT, cmos.CmosRtc())
+        self.pio.insert(
+            pvpanic.PORT,
+            pvpanic.PORT_COUNT,
+            pvpanic.PvPanic(
+                on_panic=lambda: self.stop(VmExit(ExitKind.PANIC, "guest kernel panicked"))
+            ),
+        )
+        self.pio.insert(
+            acpi_pm.EVT_PORT,
+            acpi_pm.PORT_COUNT,
+            acpi_pm.AcpiPm(
+                on_poweroff=lambda: self.stop(VmExit(ExitKind.POWEROFF, "guest powered off"))
+            ),
+        )
 
     # -- running ---------------------------------------------------------
 

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("kvm")
 LOW_E820 = [
     "e820: 0x0000000000000000-0x000000000009fbff ram",
     "e820: 0x000000000009fc00-0x000000000009ffff reserved",
-    "e820: 0x00000000000f0000-0x00000000000fffff reserved",
+    "e820: 0x00000000000e0000-0x00000000000fffff reserved",
 ]
 
 

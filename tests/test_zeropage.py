@@ -96,6 +96,12 @@ def test_cmdline_and_initrd_above_4g_use_ext_fields() -> None:
     assert zp.buf[0xC4:0xC8] == (1).to_bytes(4, "little")
 
 
+def test_acpi_rsdp_address() -> None:
+    zp = ZeroPage()
+    zp.set_acpi_rsdp(0xE0000)
+    assert zp.buf[0x70:0x78] == (0xE0000).to_bytes(8, "little")
+
+
 def test_e820_table_layout() -> None:
     zp = ZeroPage()
     entries = [E820Entry(0, 0x9FC00, E820_RAM), E820Entry(0x9FC00, 0x400, E820_RESERVED)]

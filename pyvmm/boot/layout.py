@@ -33,12 +33,21 @@ CMDLINE_AREA_SIZE = 0x10000
 EBDA_START = 0x9FC00
 #: End of the EBDA; 0xA0000-0xFFFFF is the legacy VGA/ROM hole.
 EBDA_END = 0xA0000
-#: System BIOS area, reserved in E820 (Linux looks for the ACPI RSDP in 0xE0000-0xFFFFF).
-BIOS_START = 0xF0000
+#: Extended and system BIOS area, reserved in E820 up to 1 MiB. The ACPI
+#: tables start here, RSDP first, where a guest that is not handed the RSDP's
+#: address looks for it (0xE0000-0xFFFFF, ACPI 6.5 section 5.2.5.1).
+BIOS_START = 0xE0000
+#: ACPI tables: RSDP, DSDT, FADT, MADT, XSDT (a few hundred bytes).
+ACPI_TABLES_ADDR = 0xE0000
 #: First byte above the legacy hole; bzImage protected-mode code loads here by default.
 HIMEM_START = 0x100000
 #: Start of the 32-bit MMIO gap: RAM beyond this much is placed above 4 GiB.
 MMIO_GAP_START = 3 * GiB
+#: I/O APIC registers: where KVM's in-kernel I/O APIC sits (its fixed default
+#: base, the PC convention), as the MADT tells the guest.
+IOAPIC_ADDR = 0xFEC00000
+#: Local APIC registers: the architectural default base (SDM Vol. 3A, 11.4.1).
+LAPIC_ADDR = 0xFEE00000
 #: VMX real-mode identity-map page (KVM_SET_IDENTITY_MAP_ADDR), in the gap.
 IDENTITY_MAP_ADDR = 0xFFFBC000
 #: Three pages for VMX's real-mode TSS (KVM_SET_TSS_ADDR), in the gap.

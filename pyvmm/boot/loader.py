@@ -121,8 +121,10 @@ def load(
     kernel: KernelImage,
     cmdline: str,
     initrd: bytes | None = None,
+    acpi_rsdp: int = 0,
 ) -> BootInfo:
-    """Write kernel, command line, initrd and zero page into ``memory``."""
+    """Write kernel, command line, initrd and zero page into ``memory``
+    (``acpi_rsdp``: the RSDP's address, when the caller wrote ACPI tables)."""
     ram = memory.ranges
     check_kernel_fits(kernel, ram)
     raw_cmdline = encode_cmdline(cmdline, kernel)
@@ -150,6 +152,8 @@ def load(
     zp.set_cmdline(layout.CMDLINE_ADDR)
     if initrd:
         zp.set_initrd(initrd_addr, len(initrd))
+    if acpi_rsdp:
+        zp.set_acpi_rsdp(acpi_rsdp)
     e820 = build_e820(ram)
     zp.set_e820(e820)
     memory.write(layout.ZERO_PAGE_ADDR, zp.buf)

@@ -160,6 +160,10 @@ class ZeroPage:
         self["cmd_line_ptr"] = addr & 0xFFFFFFFF
         struct.pack_into("<I", self.buf, EXT_CMD_LINE_PTR, addr >> 32)
 
+    def set_acpi_rsdp(self, addr: int) -> None:
+        """Where the RSDP is (boot protocol 2.14+; older kernels scan for it)."""
+        struct.pack_into("<Q", self.buf, ACPI_RSDP_ADDR, addr)
+
     def set_initrd(self, addr: int, size: int) -> None:
         self["ramdisk_image"] = addr & 0xFFFFFFFF
         self["ramdisk_size"] = size & 0xFFFFFFFF
