@@ -9,17 +9,21 @@ status of its own for each way a guest can fail (see README.md).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import NoReturn
 
+from pyvmm import console, console_backends
 from pyvmm.arch.x86_64 import pvm
 from pyvmm.errors import UserError
 from pyvmm.images import default
 from pyvmm.images.default import GUEST_KINDS
-from pyvmm.machine import Machine, MachineConfig
+from pyvmm.machine import ExitKind, Machine, MachineConfig, VmExit
 
 EXIT_USAGE = 2
 EXIT_VMM_ERROR = 1
@@ -71,6 +75,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--memory", default="512M", help="guest RAM, e.g. 512M or 2G (default 512M)")
     run.add_argument("--cpus", default="1", help="number of vCPUs (default 1)")
+    run.add_argument(
+        "--console",
+        default="stdio",
+        metavar="stdio|none|file:PATH|unix:PATH",
+        help="where the serial console goes (default: stdio)",
+    )
+    run.add_argument("--console-log", metavar="PATH", help="also copy all guest output to PATH")
+    run.add_argument(
+        "--reboot",
+        default="exit",
+        choices=("exit", "restart"),
+        help="when the guest reboots: exit with status 0, or boot it again (default: exit)",
+    )
     run.add_argument("--debug", action="store_true", help="add a register dump to failure messages")
     images = sub.add_parser(
         "images", help="fetch and build the default guest's images into the cache"
@@ -125,13 +142,111 @@ def _config(args: argparse.Namespace) -> MachineConfig:
     )
 
 
+def _stdin_fd() -> int | None:
+    try:
+        return sys.stdin.fileno() if sys.stdin is not None else None
+    except (OSError, ValueError):  # closed, or not backed by a descriptor
+        return None
+
+
+def run_machine(
+    config: MachineConfig,
+    spec: console_backends.ConsoleSpec | None = None,
+    log: Path | None = None,
+    append_log: bool = False,
+) -> VmExit:
+    """Boot the guest with its console where ``spec`` says (standard input and
+    output by default), run it to the end, and put the terminal back however
+    that end comes."""
+    spec = spec or console_backends.ConsoleSpec("stdio")
+    with contextlib.ExitStack() as stack:
+        outputs: list[Callable[[bytes], None]] = []
+        if spec.kind == "stdio":
+            outputs.append(lambda data: console_backends.write_all(1, data))
+        elif spec.kind == "file":
+            assert spec.path is not None
+            fd = console_backends.open_log(spec.path, append_log)
+            stack.callback(os.close, fd)
+            outputs.append(lambda data: console_backends.write_all(fd, data))
+        if log is not None:
+            log_fd = console_backends.open_log(log, append_log)
+            stack.callback(os.close, log_fd)
+            outputs.append(lambda data: console_backends.write_all(log_fd, data))
+        unix: list[console_backends.UnixConsole] = []
+        outputs.append(lambda data: unix[0].write(data) if unix else None)
+
+        def out(data: bytes) -> None:
+            for write in outputs:
+                write(data)
+
+        machine = Machine(config, console=out)
+        stack.callback(machine.close)
+        result = _run(machine, spec, unix, stack)
+    return result
+
+
+def _run(
+    machine: Machine,
+    spec: console_backends.ConsoleSpec,
+    unix: list[console_backends.UnixConsole],
+    stack: contextlib.ExitStack,
+) -> VmExit:
+    fd = _stdin_fd() if spec.kind == "stdio" else None
+    is_tty = fd is not None and os.isatty(fd)
+    endings: dict[int, VmExit] = {
+        signal.SIGTERM: VmExit(ExitKind.TERMINATED, "terminated (SIGTERM)"),
+        signal.SIGHUP: VmExit(ExitKind.HANGUP, "hung up (SIGHUP)"),
+    }
+    for sig in endings:
+        stack.callback(signal.signal, sig, signal.getsignal(sig))
+        signal.signal(sig, lambda n, _f: machine.stop(endings[n]))
+
+    def on_action(action: str) -> None:
+        if action == console.QUIT:
+            machine.stop(VmExit(ExitKind.QUIT, "quit from the console"))
+        elif action == console.SHOW_HELP:
+            os.write(1, console.HELP.encode())
+
+    if is_tty:
+        assert fd is not None
+        stack.enter_context(console.RawTerminal(fd))
+    machine.start()
+    com1 = machine.com1
+    assert com1 is not None
+
+    def pump(source: int, escapes: bool) -> None:
+        p = console.InputPump(source, com1, com1.rx_space, escapes=escapes, on_action=on_action)
+        p.start()
+        stack.callback(p.stop)
+
+    if fd is not None:
+        pump(fd, escapes=is_tty)
+    if spec.kind == "unix":
+        assert spec.path is not None
+        server = console_backends.UnixConsole(spec.path, on_client=lambda c: pump(c, False))
+        stack.callback(server.close)
+        unix.append(server)
+    try:
+        result = machine.wait()
+    except KeyboardInterrupt:  # SIGINT without a terminal (raw mode passes Ctrl-C on)
+        machine.stop(VmExit(ExitKind.INTERRUPTED, "interrupted"))
+        result = machine.wait()
+    assert result is not None
+    return result
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "images":
             return _images(args.which)
         config = _config(args)
-        result = Machine(config).run()
+        spec = console_backends.parse(args.console)
+        log = Path(args.console_log) if args.console_log else None
+        result = run_machine(config, spec, log)
+        while result.kind is ExitKind.RESET and args.reboot == "restart":
+            print("pyvmm: guest rebooted; starting it again", file=sys.stderr, flush=True)
+            result = run_machine(config, spec, log, append_log=True)
     except UserError as e:
         print(f"pyvmm: {e}", file=sys.stderr)
         return EXIT_USAGE

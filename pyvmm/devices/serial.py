@@ -91,9 +91,12 @@ class Serial16550:
         self,
         out: Callable[[bytes], None],
         irq: Callable[[bool], None] = lambda level: None,
+        rx_space: threading.Event | None = None,
     ) -> None:
         self._out = out
         self._irq = irq
+        #: Set whenever the guest makes room in the receive FIFO.
+        self.rx_space = rx_space if rx_space is not None else threading.Event()
         self._lock = threading.Lock()
         self.reset()
 
@@ -118,6 +121,15 @@ class Serial16550:
         """How many bytes :meth:`receive` would accept now."""
         with self._lock:
             return self._rx_capacity() - len(self.rx)
+
+    def listening(self) -> bool:
+        """Whether a driver has the port open for input: the received-data
+        interrupt is enabled and OUT2 lets it reach the interrupt line, out of
+        loopback. Linux's 8250 driver probes IER with OUT2 low and flushes the
+        FIFO while opening the port, so a host that holds input until this is
+        true loses none of it."""
+        with self._lock:
+            return bool(self.ier & IER_RDI and self.mcr & MCR_OUT2 and not self.mcr & MCR_LOOP)
 
     def receive(self, data: bytes) -> int:
         """Bytes arriving on the line; returns how many fit (the rest would overrun)."""
@@ -151,6 +163,7 @@ class Serial16550:
             value = self.rx.popleft() if self.rx else 0
             if not self.rx:
                 self.lsr &= ~LSR_DR
+            self.rx_space.set()
             return value
         if reg == IER_DLM:
             return self.dlm if self.lcr & LCR_DLAB else self.ier
@@ -187,6 +200,8 @@ class Serial16550:
             else:
                 enabling_thri = value & IER_THRI and not self.ier & IER_THRI
                 self.ier = value & IER_MASK
+                if self.ier & IER_RDI:
+                    self.rx_space.set()  # a driver now listens: input may flow
                 if enabling_thri and self.lsr & LSR_THRE:
                     self.thr_ipending = True  # enabling THRI with THR empty interrupts
                 elif not self.ier & IER_THRI:
@@ -211,8 +226,10 @@ class Serial16550:
             self.rx.clear()
             self.lsr &= ~LSR_DR
         self.rx_trigger = RX_TRIGGER_LEVELS[value >> FCR_TRIGGER_SHIFT & 3]
+        self.rx_space.set()  # the FIFO's size or contents changed
 
     def _write_mcr(self, value: int) -> None:
+        self.rx_space.set()  # input may start or stop flowing
         self.mcr = value
         if value & MCR_LOOP:
             # Loopback: the modem outputs drive the modem inputs.
