@@ -213,6 +213,12 @@ void guest_main(const u8 *bp, u64 entry)
     if (has_word(cmdline, "action=xsave"))
         xsave_selftest();
 
+    if (has_word(cmdline, "action=wait")) {
+        puts("waiting\n"); /* with interrupts on: only the host can end this */
+        for (;;)
+            __asm__ volatile("sti; hlt");
+    }
+
     if (has_word(cmdline, "action=halt")) {
         puts("halting\n");
         __asm__ volatile("cli; hlt");
