@@ -256,7 +256,7 @@ class Machine:
         if self._shell_ready:
             return
         self.wait_for(self.ready, timeout)
-        self.send("stty -echo\n")
+        self.send("stty -echo; PS1=''; PS2=''\n")
         self._shell_ready = True
 
     def run(self, command: str, timeout: float = DEFAULT_TIMEOUT) -> RunResult:
@@ -264,12 +264,14 @@ class Machine:
         started = time.monotonic()
         self.wait_ready(timeout)
         tag = uuid.uuid4().hex[:12]
+        command = command.strip().rstrip(";")  # it is followed by "; printf ..."
         mark = len(self.console)
-        # Markers around the output, printed by the guest's shell: the echo of
+        # Markers around the output, printed by the guest's shell on the same
+        # input line as the command, so no prompt comes between. The echo of
         # the typed line never matches them (there a marker is followed by
-        # ";" or "$?"), and the shell's prompt may precede the first one.
+        # ";" or "$?").
         self.send(
-            f"printf '%s\\n' PYVMM-BEGIN-{tag}; {command}\nprintf '%s %s\\n' PYVMM-END-{tag} $?\n"
+            f"printf '%s\\n' PYVMM-BEGIN-{tag}; {command}; printf '%s %s\\n' PYVMM-END-{tag} $?\n"
         )
         left = timeout - (time.monotonic() - started)
         end = self.wait_for(rf"PYVMM-END-{tag} (\d+)\n", max(left, 0.001), start=mark)

@@ -88,9 +88,10 @@ def test_input_waits_until_a_driver_listens() -> None:
     time.sleep(0.5)
     assert not uart.read(5, 1)[0] & 0x01  # LSR.DR: nothing delivered yet
     uart.write(1, b"\x01")  # IER.RDI alone is Linux probing the port: still nothing
+    uart.write(4, b"\x0b")  # OUT2 too, but FIFOs off: enabling them would clear them
     time.sleep(0.5)
     assert not uart.read(5, 1)[0] & 0x01
-    uart.write(4, b"\x0b")  # the driver opens the port: OUT2 as well
+    uart.write(2, b"\x01")  # FIFOs on: the port is open
     got = bytearray()
     _guest_reads(uart, 5, got)
     pump.stop()
@@ -103,6 +104,7 @@ def test_pump_reports_escapes() -> None:
     uart = Serial16550(out=lambda data: None)
     uart.write(1, b"\x01")
     uart.write(4, b"\x08")
+    uart.write(2, b"\x01")
     r, w = os.pipe()
     os.write(w, b"a" + A + b"x")
     actions: list[str] = []

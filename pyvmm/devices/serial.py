@@ -123,13 +123,19 @@ class Serial16550:
             return self._rx_capacity() - len(self.rx)
 
     def listening(self) -> bool:
-        """Whether a driver has the port open for input: the received-data
-        interrupt is enabled and OUT2 lets it reach the interrupt line, out of
-        loopback. Linux's 8250 driver probes IER with OUT2 low and flushes the
-        FIFO while opening the port, so a host that holds input until this is
-        true loses none of it."""
+        """Whether a driver has the port open for input: FIFOs on, the
+        received-data interrupt enabled and OUT2 letting it reach the
+        interrupt line, out of loopback. Linux's 8250 driver probes IER with
+        OUT2 low, and while opening the port enables RDI just before it turns
+        the FIFOs on, which by the datasheet clears them; a host that holds
+        input until all of this is true loses none of it."""
         with self._lock:
-            return bool(self.ier & IER_RDI and self.mcr & MCR_OUT2 and not self.mcr & MCR_LOOP)
+            return bool(
+                self.fifo_enabled
+                and self.ier & IER_RDI
+                and self.mcr & MCR_OUT2
+                and not self.mcr & MCR_LOOP
+            )
 
     def receive(self, data: bytes) -> int:
         """Bytes arriving on the line; returns how many fit (the rest would overrun)."""
