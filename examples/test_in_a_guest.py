@@ -32,7 +32,8 @@ def test_ship_a_script_into_the_guest(
     script.chmod(0o755)
     vm = pyvmm_factory(memory="256M", extra_files={script: "/usr/local/bin/check"})
     vm.start()
-    result = vm.run("check", timeout=600)  # the timeout covers the boot too
+    # The default guest's PATH is /bin:/sbin, so call it by its full path.
+    result = vm.run("/usr/local/bin/check", timeout=600)  # the timeout covers the boot too
     assert result.output == "running on x86_64\n"
     assert result.status == 4
     assert vm.shutdown(timeout=120) == 0  # poweroff: exit status 0
