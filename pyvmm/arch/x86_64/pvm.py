@@ -141,7 +141,7 @@ class EmulationAssist:
             regs.rip,
             insn,
             "this host's KVM cannot emulate it in guest kernel mode; if the guest is "
-            "Linux, a command-line option that avoids it (as 'noxsave' avoids XRSTOR) "
+            "Linux, a command-line option that avoids it (as 'nofsgsbase' avoids WRGSBASE) "
             "may help",
         )
 
