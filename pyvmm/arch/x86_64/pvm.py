@@ -179,8 +179,11 @@ class EmulationAssist:
 
     def _write_virtual(self, sregs: Any, vaddr: int, data: bytes) -> None:
         """Write guest-virtual memory; a #PF leaves it untouched."""
+        self._write_pieces(self._writable(sregs, vaddr, len(data)), data)
+
+    def _write_pieces(self, pieces: list[tuple[int, int]], data: bytes) -> None:
         done = 0
-        for phys, size in self._writable(sregs, vaddr, len(data)):
+        for phys, size in pieces:
             self._memory.write(phys, data[done : done + size])
             done += size
 
@@ -306,53 +309,55 @@ class EmulationAssist:
         vcpu.set_sregs(sregs)
         self._inject(vcpu, PF_VECTOR, fault.error_code)
 
-    def _xsave_operands(
-        self, vcpu: Vcpu, regs: Any, sregs: Any, insn: bytes
-    ) -> tuple[int, int, int]:
-        """(area address, instruction length, RFBM = XCR0 AND EDX:EAX)."""
+    def _xsave_family(
+        self,
+        vcpu: Vcpu,
+        regs: Any,
+        sregs: Any,
+        insn: bytes,
+        perform: Callable[[int, int, int], None],
+    ) -> None:
+        """What XSAVE and XRSTOR share: the operand, RFBM = XCR0 AND EDX:EAX,
+        the alignment check, #PF or #GP raised in the guest as the CPU would,
+        else RIP past the instruction. ``perform(address, rfbm, xcr0)`` does
+        the rest."""
         op = decode.decode_memory_operand(insn, regs, sregs)
         xcr0 = vcpu.get_xcr0()
         rfbm = xcr0 & ((regs.rdx & 0xFFFFFFFF) << 32 | regs.rax & 0xFFFFFFFF)
-        return op.address, op.length, rfbm
+        try:
+            if op.address % 64:
+                raise xsave.XsaveFault("XSAVE area is not 64-byte aligned")
+            perform(op.address, rfbm, xcr0)
+        except paging.PageFault as fault:
+            self._page_fault(vcpu, sregs, fault)
+            return
+        except xsave.XsaveFault:
+            self._inject(vcpu, GP_VECTOR, 0)
+            return
+        regs.rip += op.length
+        vcpu.set_regs(regs)
 
     def _xsave(self, vcpu: Vcpu, regs: Any, sregs: Any, insn: bytes) -> None:
         """XSAVE: store the vCPU's state components in RFBM to memory."""
-        address, length, rfbm = self._xsave_operands(vcpu, regs, sregs, insn)
         layout = self._xsave_layout
-        try:
-            if address % 64:
-                raise xsave.XsaveFault("XSAVE area is not 64-byte aligned")
-            size = layout.size(rfbm)
-            self._writable(sregs, address, size)  # a #PF must carry the write bit
-            area = self._read_virtual(sregs, address, size)
-            self._write_virtual(sregs, address, xsave.store(vcpu.get_xsave(), rfbm, area, layout))
-        except paging.PageFault as fault:
-            self._page_fault(vcpu, sregs, fault)
-            return
-        except xsave.XsaveFault:
-            self._inject(vcpu, GP_VECTOR, 0)
-            return
-        regs.rip += length
-        vcpu.set_regs(regs)
+
+        def store(address: int, rfbm: int, xcr0: int) -> None:
+            # Translated for writing first, so a #PF carries the write bit.
+            pieces = self._writable(sregs, address, layout.size(rfbm))
+            area = b"".join(self._memory.read(phys, size) for phys, size in pieces)
+            self._write_pieces(pieces, xsave.store(vcpu.get_xsave(), rfbm, area, layout))
+
+        self._xsave_family(vcpu, regs, sregs, insn, store)
 
     def _xrstor(self, vcpu: Vcpu, regs: Any, sregs: Any, insn: bytes) -> None:
         """XRSTOR: load the vCPU's state components in RFBM from memory."""
-        address, length, rfbm = self._xsave_operands(vcpu, regs, sregs, insn)
         layout = self._xsave_layout
-        try:
-            if address % 64:
-                raise xsave.XsaveFault("XSAVE area is not 64-byte aligned")
+
+        def restore(address: int, rfbm: int, xcr0: int) -> None:
             area = self._read_virtual(sregs, address, layout.size(rfbm))
-            image = xsave.load(vcpu.get_xsave(), rfbm, area, vcpu.get_xcr0(), layout)
-        except paging.PageFault as fault:
-            self._page_fault(vcpu, sregs, fault)
-            return
-        except xsave.XsaveFault:
-            self._inject(vcpu, GP_VECTOR, 0)
-            return
-        vcpu.set_xsave(image)
-        regs.rip += length
-        vcpu.set_regs(regs)
+            vcpu.set_xsave(xsave.load(vcpu.get_xsave(), rfbm, area, xcr0, layout))
+
+        self._xsave_family(vcpu, regs, sregs, insn, restore)
 
     def _cmpxchg16b(self, vcpu: Vcpu, regs: Any, sregs: Any, insn: bytes) -> None:
         """Compare RDX:RAX with m128; if equal store RCX:RBX and set ZF, else
