@@ -243,10 +243,7 @@ class Machine:
 
     def send(self, text: str | bytes) -> None:
         """Type ``text`` into the guest's console."""
-        data = text.encode() if isinstance(text, str) else text
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._input_w, view) :]
+        console_io.write_all(self._input_w, text.encode() if isinstance(text, str) else text)
 
     # -- commands --------------------------------------------------------
 

@@ -162,16 +162,16 @@ def run_machine(
     with contextlib.ExitStack() as stack:
         outputs: list[Callable[[bytes], None]] = []
         if spec.kind == "stdio":
-            outputs.append(lambda data: console_backends.write_all(1, data))
+            outputs.append(lambda data: console.write_all(1, data))
         elif spec.kind == "file":
             assert spec.path is not None
             fd = console_backends.open_log(spec.path, append_log)
             stack.callback(os.close, fd)
-            outputs.append(lambda data: console_backends.write_all(fd, data))
+            outputs.append(lambda data: console.write_all(fd, data))
         if log is not None:
             log_fd = console_backends.open_log(log, append_log)
             stack.callback(os.close, log_fd)
-            outputs.append(lambda data: console_backends.write_all(log_fd, data))
+            outputs.append(lambda data: console.write_all(log_fd, data))
         unix: list[console_backends.UnixConsole] = []
         outputs.append(lambda data: unix[0].write(data) if unix else None)
 

@@ -35,6 +35,13 @@ READ_CHUNK = 4096
 POLL_SECONDS = 0.2
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """os.write until all of ``data`` is written (a pipe may take less)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 @dataclass
 class EscapeFilter:
     """Splits terminal input into bytes for the guest and escape commands."""

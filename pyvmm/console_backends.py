@@ -40,12 +40,6 @@ def parse(text: str) -> ConsoleSpec:
     raise UserError(f"invalid --console {text!r}: use stdio, none, file:PATH or unix:PATH")
 
 
-def write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
 def open_log(path: Path, append: bool = False) -> int:
     """A file for --console-log or --console file:, opened up front so a bad
     path is a usage error before the VM exists (``append``: after a reboot)."""

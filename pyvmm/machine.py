@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pyvmm import console
 from pyvmm.arch.x86_64 import acpi, cpuid, lapic, msr, pvm, regs, xsave
 from pyvmm.boot import layout, loader
 from pyvmm.boot.loader import BootInfo
@@ -110,10 +111,7 @@ class MachineConfig:
 
 
 def _stdout_writer(data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(1, view)
-        view = view[n:]
+    console.write_all(1, data)
 
 
 @dataclass
