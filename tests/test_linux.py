@@ -146,17 +146,21 @@ def reported(output: str, key: str) -> str:
     return m.group(1)
 
 
-def test_elf_boot_reaches_userspace(boots: dict[str, Boot], small: default.Kernel) -> None:
-    boot = boots["elf"].wait()
+def reached_userspace(boot: Boot, small: default.Kernel, what: str) -> None:
+    """The run ended with status 0 after /init's banner named the kernel built."""
+    boot.wait()
     assert boot.status == 0, f"pyvmm exited with {boot.status}:\n{boot.tail()}"
     banner = BANNER.search(boot.console)
     assert banner, f"no banner from /init:\n{boot.tail()}"
     assert banner.group(1) == kernel_release(small.vmlinux)
+    print(f"\n{what}: banner at guest uptime {banner.group(2)} s, run took {boot.seconds:.1f} s")
+
+
+def test_elf_boot_reaches_userspace(boots: dict[str, Boot], small: default.Kernel) -> None:
+    boot = boots["elf"]
+    reached_userspace(boot, small, "vmlinux boot")
     faults = [line for line in boot.console.splitlines() if "segfault at" in line]
     assert not faults, "user-mode faults in the guest:\n" + "\n".join(faults)
-    print(
-        f"\nvmlinux boot: banner at guest uptime {banner.group(2)} s, run took {boot.seconds:.1f} s"
-    )
 
 
 def test_command_output_and_status(boots: dict[str, Boot], small: default.Kernel) -> None:
@@ -202,12 +206,6 @@ def test_initrd_contents(boots: dict[str, Boot], initramfs: Path) -> None:
 
 
 def test_bzimage_boot(boots: dict[str, Boot], small: default.Kernel) -> None:
-    boot = boots["bzimage"].wait()
-    assert boot.status == 0, f"pyvmm exited with {boot.status}:\n{boot.tail()}"
-    banner = BANNER.search(boot.console)
-    assert banner, f"no banner from /init:\n{boot.tail()}"
-    assert banner.group(1) == kernel_release(small.vmlinux)
+    boot = boots["bzimage"]
+    reached_userspace(boot, small, "bzImage boot")
     assert boot.command_output() == ("", 0)
-    print(
-        f"\nbzImage boot: banner at guest uptime {banner.group(2)} s, run took {boot.seconds:.1f} s"
-    )

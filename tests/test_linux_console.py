@@ -119,34 +119,29 @@ def test_typing_into_the_shell_and_quitting(guests: dict[str, object]) -> None:
     assert termios.tcgetattr(g.slave) == g.before
 
 
-def test_piped_script_and_poweroff(guests: dict[str, object]) -> None:
-    piped = guests["piped"]
-    assert isinstance(piped, tuple)
-    proc: subprocess.Popen[bytes] = piped[0]
-    log: Path = piped[1]
+def finished(guests: dict[str, object], name: str) -> tuple[int, str]:
+    """Wait for one of the background guests: its exit status and console."""
+    entry = guests[name]
+    assert isinstance(entry, tuple)
+    proc: subprocess.Popen[bytes] = entry[0]
+    log: Path = entry[1]
     try:
         status = proc.wait(timeout=BOOT_TIMEOUT)
     except subprocess.TimeoutExpired:
         proc.kill()
-        tail = log.read_text(errors="replace")[-2000:]
-        pytest.fail(f"the piped guest did not power off:\n{tail}")
-    console = log.read_text(errors="replace")
+        pytest.fail(f"the {name} guest did not end:\n{log.read_text(errors='replace')[-2000:]}")
+    return status, log.read_text(errors="replace")
+
+
+def test_piped_script_and_poweroff(guests: dict[str, object]) -> None:
+    status, console = finished(guests, "piped")
     assert re.search(r"^piped-42\r?$", console, re.MULTILINE), console[-2000:]
     assert status == 0, console[-2000:]
     assert "reboot: Power down" in console
 
 
 def test_kernel_panic_has_its_own_status(guests: dict[str, object]) -> None:
-    panic = guests["panic"]
-    assert isinstance(panic, tuple)
-    proc: subprocess.Popen[bytes] = panic[0]
-    log: Path = panic[1]
-    try:
-        status = proc.wait(timeout=BOOT_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        pytest.fail(f"no end after the panic:\n{log.read_text(errors='replace')[-2000:]}")
-    console = log.read_text(errors="replace")
+    status, console = finished(guests, "panic")
     assert "Kernel panic" in console, console[-2000:]
     assert status == 7, console[-2000:]
     assert "pyvmm: guest kernel panicked" in console

@@ -3,12 +3,14 @@ test guest that waits with interrupts on until the host ends it (KVM)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import termios
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -52,30 +54,30 @@ def test_signal_on_a_terminal_restores_it(guests: Guests, sig: int, status: int)
         os.close(slave)
 
 
-def test_sigint_without_a_terminal(guests: Guests) -> None:
+@contextlib.contextmanager
+def waiting_without_a_terminal(guests: Guests) -> Iterator[subprocess.Popen[bytes]]:
+    """The waiting guest, output on a pipe, no terminal; killed afterwards."""
     r, w = os.pipe()
     proc = start(guests, stdin=subprocess.DEVNULL, stdout=w, stderr=subprocess.DEVNULL)
     os.close(w)
     try:
         wait_for_output(r, b"waiting")
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 130
+        yield proc
     finally:
-        os.close(r)
         if proc.poll() is None:
             proc.kill()
+            proc.wait()
+        os.close(r)
+
+
+def test_sigint_without_a_terminal(guests: Guests) -> None:
+    with waiting_without_a_terminal(guests) as proc:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 130
 
 
 def test_guest_waiting_with_interrupts_on_is_not_ended(guests: Guests) -> None:
     """Unlike a halt with interrupts off, this guest could still be woken."""
-    r, w = os.pipe()
-    proc = start(guests, stdin=subprocess.DEVNULL, stdout=w, stderr=subprocess.DEVNULL)
-    os.close(w)
-    try:
-        wait_for_output(r, b"waiting")
+    with waiting_without_a_terminal(guests) as proc:
         time.sleep(2)  # several idle checks
         assert proc.poll() is None
-    finally:
-        proc.kill()
-        proc.wait()
-        os.close(r)
