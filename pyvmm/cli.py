@@ -172,8 +172,6 @@ def run_machine(
             log_fd = console_backends.open_log(log, append_log)
             stack.callback(os.close, log_fd)
             outputs.append(lambda data: console.write_all(log_fd, data))
-        unix: list[console_backends.UnixConsole] = []
-        outputs.append(lambda data: unix[0].write(data) if unix else None)
 
         def out(data: bytes) -> None:
             for write in outputs:
@@ -181,14 +179,14 @@ def run_machine(
 
         machine = Machine(config, console=out)
         stack.callback(machine.close)
-        result = _run(machine, spec, unix, stack)
+        result = _run(machine, spec, outputs, stack)
     return result
 
 
 def _run(
     machine: Machine,
     spec: console_backends.ConsoleSpec,
-    unix: list[console_backends.UnixConsole],
+    outputs: list[Callable[[bytes], None]],
     stack: contextlib.ExitStack,
 ) -> VmExit:
     fd = _stdin_fd() if spec.kind == "stdio" else None
@@ -225,7 +223,7 @@ def _run(
         assert spec.path is not None
         server = console_backends.UnixConsole(spec.path, on_client=lambda c: pump(c, False))
         stack.callback(server.close)
-        unix.append(server)
+        outputs.append(server.write)  # the guest's output reaches the client from now on
     try:
         result = machine.wait()
     except KeyboardInterrupt:  # SIGINT without a terminal (raw mode passes Ctrl-C on)
