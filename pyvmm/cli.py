@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -161,6 +162,16 @@ def run_machine(
     spec = spec or console_backends.ConsoleSpec("stdio")
     with contextlib.ExitStack() as stack:
         outputs: list[Callable[[bytes], None]] = []
+
+        def out(data: bytes) -> None:
+            for write in outputs:
+                write(data)
+
+        machine = Machine(config, console=out)
+        stack.callback(machine.close)
+        # Bad input (the kernel, the initrd, sizes) is found here, before any
+        # console file is created.
+        machine.build()
         if spec.kind == "stdio":
             outputs.append(lambda data: console.write_all(1, data))
         elif spec.kind == "file":
@@ -172,13 +183,6 @@ def run_machine(
             log_fd = console_backends.open_log(log, append_log)
             stack.callback(os.close, log_fd)
             outputs.append(lambda data: console.write_all(log_fd, data))
-
-        def out(data: bytes) -> None:
-            for write in outputs:
-                write(data)
-
-        machine = Machine(config, console=out)
-        stack.callback(machine.close)
         result = _run(machine, spec, outputs, stack)
     return result
 
@@ -251,6 +255,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pyvmm: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a pyvmm or host failure: one line, the traceback with --debug
+        print(f"pyvmm: {type(e).__name__}: {e}", file=sys.stderr)
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        return EXIT_VMM_ERROR
     if result.status != 0 or args.debug:
         print(f"pyvmm: {result.message}", file=sys.stderr)
         if result.detail and args.debug:

@@ -42,6 +42,13 @@ MiB = layout.MiB
 #: Smallest --memory accepted: the first megabyte plus room for a kernel.
 MIN_MEMORY = 2 * MiB
 
+#: Most vCPUs pyvmm describes: the MADT's processor local APIC entries hold
+#: 8-bit xAPIC IDs, and ID 0xFF means "all processors" (ACPI 6.5, 5.2.12.2).
+MAX_CPUS = 255
+
+#: The KVM device node.
+KVM_DEVICE = "/dev/kvm"
+
 #: How often the main thread checks whether every vCPU is halted for good.
 IDLE_CHECK_SECONDS = 0.5
 
@@ -170,14 +177,22 @@ class Machine:
         if c.cpus < 1:
             raise UserError("--cpus must be at least 1")
 
-    def start(self) -> None:
-        """Build the VM and start its vCPUs. Raises UserError on bad input."""
+    def build(self) -> None:
+        """Check the configuration, read the kernel and build the VM without
+        running it. Raises UserError on bad input, having released whatever
+        it had made."""
+        if self.vm is not None:
+            return
         self._check_config()
         try:
             self._build()
         except BaseException:
             self.close()
             raise
+
+    def start(self) -> None:
+        """Build the VM (unless :meth:`build` already did) and start its vCPUs."""
+        self.build()
         self._start_threads()
 
     def _build(self) -> None:
@@ -185,7 +200,7 @@ class Machine:
         kernel = loader.load_kernel_file(c.kernel)
         initrd = loader.read_input_file(c.initrd, "initrd") if c.initrd is not None else None
 
-        self.kvm = kvm = _open_kvm()
+        self.kvm = kvm = _open_kvm(KVM_DEVICE)
         for cap, name in (
             (lib.KVM_CAP_IRQCHIP, "IRQCHIP"),
             (lib.KVM_CAP_PIT2, "PIT2"),
@@ -200,6 +215,8 @@ class Machine:
         )
         if c.cpus > max_vcpus:
             raise UserError(f"--cpus {c.cpus} is more than KVM allows here ({max_vcpus})")
+        if c.cpus > MAX_CPUS:
+            raise UserError(f"--cpus {c.cpus} is more than pyvmm supports ({MAX_CPUS})")
 
         self.vm = vm = kvm.create_vm()
         vm.set_tss_addr(layout.TSS_ADDR)
@@ -208,7 +225,12 @@ class Machine:
         vm.create_irqchip()
         vm.create_pit2(lib.KVM_PIT_SPEAKER_DUMMY)  # port 0x61 handled in the kernel too
 
-        self.memory = memory = GuestMemory(c.memory)
+        try:
+            self.memory = memory = GuestMemory(c.memory)
+        except OSError as e:
+            raise UserError(
+                f"cannot map {c.memory >> 20} MiB of guest RAM: {e.strerror or e}"
+            ) from None
         memory.register(vm)
         cmdline = c.cmdline
         if pvm.host_is_pvm():
@@ -525,7 +547,7 @@ class Machine:
         self.close()
 
 
-def _open_kvm(path: str = "/dev/kvm") -> Kvm:
+def _open_kvm(path: str) -> Kvm:
     """Open /dev/kvm, explaining the usual reasons it fails."""
     try:
         return Kvm(path)
@@ -539,3 +561,7 @@ def _open_kvm(path: str = "/dev/kvm") -> Kvm:
             f"no permission to open {path}: add your user to the 'kvm' group "
             "(sudo usermod -aG kvm $USER, then log in again)"
         ) from None
+    except KvmError as e:
+        raise UserError(f"{path} does not behave as KVM: {e}") from None
+    except OSError as e:
+        raise UserError(f"cannot open {path}: {e.strerror or e}") from None

@@ -2,16 +2,54 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import subprocess
 import sys
 
+#: Capabilities that let root ignore file permissions (<linux/capability.h>).
+CAP_DAC_OVERRIDE = 1
+CAP_DAC_READ_SEARCH = 2
+PR_CAPBSET_DROP = 24  # <linux/prctl.h>
 
-def pyvmm(*args: str | os.PathLike[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """``python -m pyvmm ARGS``, capturing output; a hang fails after ``timeout``."""
+#: Runs the command line with the KVM device path replaced by argv[1].
+_WITH_KVM_DEVICE = (
+    "import sys; from pyvmm import cli, machine; "
+    "machine.KVM_DEVICE = sys.argv.pop(1); sys.exit(cli.main(sys.argv[1:]))"
+)
+
+
+def _drop_file_permission_override() -> None:
+    """In the child before exec: take the capabilities that bypass file
+    permissions out of the bounding set, so the exec'd pyvmm, even as root,
+    is refused a file it has no permission for."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
+        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def pyvmm(
+    *args: str | os.PathLike[str],
+    timeout: float = 60,
+    obey_file_permissions: bool = False,
+    kvm_device: str | os.PathLike[str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """``python -m pyvmm ARGS``, capturing output; a hang fails after ``timeout``.
+
+    ``obey_file_permissions``: even when the tests run as root, pyvmm gets
+    EACCES for files its user may not read. ``kvm_device``: pyvmm opens this
+    path instead of /dev/kvm.
+    """
+    if kvm_device is None:
+        command = [sys.executable, "-m", "pyvmm"]
+    else:
+        command = [sys.executable, "-c", _WITH_KVM_DEVICE, str(kvm_device)]
+    as_root = os.geteuid() == 0
     return subprocess.run(
-        [sys.executable, "-m", "pyvmm", *map(str, args)],
+        [*command, *map(str, args)],
         capture_output=True,
         text=True,
         timeout=timeout,
+        preexec_fn=_drop_file_permission_override if obey_file_permissions and as_root else None,
     )

@@ -41,10 +41,10 @@ def parse_elf(data: bytes) -> KernelImage:
     except Exception as e:  # pyelftools reports truncation with assorted errors
         raise KernelFormatError(f"not a valid ELF file ({type(e).__name__}: {e})") from None
 
+    if elfclass != 64:
+        raise KernelFormatError(f"ELF is {elfclass}-bit; pyvmm boots 64-bit x86-64 kernels")
     if machine != "EM_X86_64":
         raise KernelFormatError(f"ELF is for {machine}, not x86-64 (EM_X86_64)")
-    if elfclass != 64:
-        raise KernelFormatError(f"ELF is {elfclass}-bit; pyvmm boots 64-bit kernels")
     if etype != "ET_EXEC":
         raise KernelFormatError(f"ELF type is {etype}; a kernel is an executable (ET_EXEC)")
 
