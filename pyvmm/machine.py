@@ -270,31 +270,7 @@ class Machine:
     def _add_devices(self) -> None:
         vm = self.vm
         assert vm is not None
-        com1 = serial.Serial16550(
-            self._console, irq=lambda level: vm.set_irq_line(serial.COM1_IRQ, level)
-        )
-        self.pio.insert(serial.COM1_PORT, serial.PORT_COUNT, com1)
-        self.com1 = com1
-        self.pio.insert(
-            i8042.DATA_PORT,
-            i8042.PORT_SPAN,
-            i8042.I8042(on_reset=lambda: self.stop(VmExit(ExitKind.RESET, "guest reset"))),
-        )
-        self.pio.insert(cmos.INDEX_PORT, cmos.PORT_COUNT, cmos.CmosRtc())
-        self.pio.insert(
-            pvpanic.PORT,
-            pvpanic.PORT_COUNT,
-            pvpanic.PvPanic(
-                on_panic=lambda: self.stop(VmExit(ExitKind.PANIC, "guest kernel panicked"))
-            ),
-        )
-        self.pio.insert(
-            acpi_pm.EVT_PORT,
-            acpi_pm.PORT_COUNT,
-            acpi_pm.AcpiPm(
-                on_poweroff=lambda: self.stop(VmExit(ExitKind.POWEROFF, "guest powered off"))
-            ),
-        )
+        self.com1 = add_legacy_devices(self.pio, self._console, vm.set_irq_line, self.stop)
 
     # -- running ---------------------------------------------------------
 
@@ -412,26 +388,18 @@ class Machine:
 
     def _handle_io(self, vcpu: Vcpu) -> None:
         io = vcpu.run_struct.io
-        size, count, offset, port = io.size, io.count, io.data_offset, io.port
-        page = vcpu.run_page
-        if offset + size * count > len(page):
-            raise RuntimeError(f"KVM put port I/O data outside kvm_run ({offset:#x})")
-        if io.direction == lib.KVM_EXIT_IO_OUT:
-            for i in range(offset, offset + size * count, size):
-                self.pio.write(port, bytes(page[i : i + size]))
-        else:
-            for i in range(offset, offset + size * count, size):
-                page[i : i + size] = self.pio.read(port, size)
+        port_io(
+            self.pio,
+            io.direction == lib.KVM_EXIT_IO_OUT,
+            io.port,
+            io.size,
+            io.count,
+            vcpu.run_page,
+            io.data_offset,
+        )
 
     def _handle_mmio(self, run: Any) -> None:
-        mmio = run.mmio
-        length = min(mmio.len, 8)
-        if mmio.is_write:
-            self.mmio.write(mmio.phys_addr, bytes(mmio.data[0:length]))
-        else:
-            data = self.mmio.read(mmio.phys_addr, length)
-            for i in range(length):
-                mmio.data[i] = data[i]
+        mmio_access(self.mmio, run.mmio)
 
     def _check_parked(self, state: _VcpuState, probe_round: int) -> None:
         """Runs on the vCPU's own thread after a probe kick."""
@@ -545,6 +513,64 @@ class Machine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def add_legacy_devices(
+    pio: Bus,
+    console_out: Callable[[bytes], None],
+    set_irq_line: Callable[[int, bool], None],
+    stop: Callable[[VmExit], None],
+) -> serial.Serial16550:
+    """Put the PC devices pyvmm models on the port-I/O bus; returns COM1.
+    ``stop`` ends the VM (reset, power-off, panic)."""
+    com1 = serial.Serial16550(console_out, irq=lambda level: set_irq_line(serial.COM1_IRQ, level))
+    pio.insert(serial.COM1_PORT, serial.PORT_COUNT, com1)
+    pio.insert(
+        i8042.DATA_PORT,
+        i8042.PORT_SPAN,
+        i8042.I8042(on_reset=lambda: stop(VmExit(ExitKind.RESET, "guest reset"))),
+    )
+    pio.insert(cmos.INDEX_PORT, cmos.PORT_COUNT, cmos.CmosRtc())
+    pio.insert(
+        pvpanic.PORT,
+        pvpanic.PORT_COUNT,
+        pvpanic.PvPanic(on_panic=lambda: stop(VmExit(ExitKind.PANIC, "guest kernel panicked"))),
+    )
+    pio.insert(
+        acpi_pm.EVT_PORT,
+        acpi_pm.PORT_COUNT,
+        acpi_pm.AcpiPm(on_poweroff=lambda: stop(VmExit(ExitKind.POWEROFF, "guest powered off"))),
+    )
+    return com1
+
+
+def port_io(
+    bus: Bus, out: bool, port: int, size: int, count: int, page: memoryview, offset: int
+) -> None:
+    """Carry out a port I/O exit: ``count`` accesses of ``size`` bytes (more
+    than one for ``rep outs``/``rep ins``), their data in ``page`` (the
+    vCPU's kvm_run mapping) from ``offset``."""
+    end = offset + size * count
+    if not 0 <= offset <= end <= len(page):
+        raise RuntimeError(f"KVM put port I/O data outside kvm_run ({offset:#x}+{end - offset})")
+    if out:
+        for i in range(offset, end, size):
+            bus.write(port, bytes(page[i : i + size]))
+    else:
+        for i in range(offset, end, size):
+            page[i : i + size] = bus.read(port, size)
+
+
+def mmio_access(bus: Bus, mmio: Any) -> None:
+    """Carry out an MMIO exit described by kvm_run's ``mmio`` member; its
+    data array holds at most 8 bytes, whatever length KVM reports."""
+    length = min(mmio.len, len(mmio.data))
+    if mmio.is_write:
+        bus.write(mmio.phys_addr, bytes(mmio.data[0:length]))
+    else:
+        data = bus.read(mmio.phys_addr, length)
+        for i in range(length):
+            mmio.data[i] = data[i]
 
 
 def _open_kvm(path: str) -> Kvm:

@@ -3,7 +3,8 @@
  * (64-bit boot protocol, RSI = zero page). It reports what the loader handed
  * it on COM1, using polled I/O, then does what "action=" on its command line
  * says: reset (default, through the i8042), halt (cli; hlt), triple (a fault
- * with no usable IDT).
+ * with no usable IDT), wait (sti; hlt forever), spin (cli; a tight loop
+ * forever), hostile (hammer ports and MMIO nobody claims, then triple fault).
  *
  * Every line it prints is checked by tests/test_boot_guest.py. Guest kernel
  * code may be emulated instruction by instruction on some hosts, so the
@@ -99,6 +100,102 @@ static u32 crc32(const u8 *p, u64 n)
     while (n--)
         c = crc_table[(c ^ *p++) & 0xff] ^ (c >> 8);
     return c ^ 0xffffffff;
+}
+
+/* Ports something answers: KVM's in-kernel PIC (0x20, 0xa0), PIT (0x40-0x43),
+ * speaker/PIT gate (0x61) and ELCR (0x4d0); pyvmm's i8042, CMOS, COM1,
+ * pvpanic and ACPI PM1 block. Every other port must read as all-ones. */
+static int claimed(u32 port, u32 size)
+{
+    static const u16 ranges[][2] = {
+        {0x20, 0x22}, {0xa0, 0xa2}, {0x40, 0x44}, {0x4d0, 0x4d2}, {0x60, 0x65},
+        {0x70, 0x72}, {0x3f8, 0x400}, {0x505, 0x506}, {0x600, 0x606},
+    };
+    for (unsigned i = 0; i < sizeof(ranges) / sizeof(ranges[0]); i++)
+        if (port < ranges[i][1] && port + size > ranges[i][0])
+            return 1;
+    return 0;
+}
+
+static u32 in_sized(u16 port, int size)
+{
+    u32 v = 0;
+    if (size == 1)
+        __asm__ volatile("inb %1, %b0" : "+a"(v) : "Nd"(port));
+    else if (size == 2)
+        __asm__ volatile("inw %1, %w0" : "+a"(v) : "Nd"(port));
+    else
+        __asm__ volatile("inl %1, %0" : "=a"(v) : "Nd"(port));
+    return v;
+}
+
+static void out_sized(u16 port, int size, u32 v)
+{
+    if (size == 1)
+        __asm__ volatile("outb %b0, %1" : : "a"(v), "Nd"(port));
+    else if (size == 2)
+        __asm__ volatile("outw %w0, %1" : : "a"(v), "Nd"(port));
+    else
+        __asm__ volatile("outl %0, %1" : : "a"(v), "Nd"(port));
+}
+
+/* What a hostile or broken guest might do: write junk of every size to every
+ * port nobody claims and read every port back; write and read MMIO at
+ * addresses that are neither RAM nor a device (the rest of the 32-bit MMIO
+ * gap, and above this guest's RAM when it has less than 3 GiB). pyvmm must
+ * answer all of it like an empty bus and keep running. */
+static void hostile(void)
+{
+    static const int sizes[] = {1, 2, 4};
+    u32 seed = 12345, ports_bad = 0, mmio_bad = 0;
+    u64 port_exits = 0, mmio_exits = 0;
+
+    for (int s = 0; s < 3; s++) {
+        for (u32 port = 0; port <= 0xffff; port++) {
+            u32 size = sizes[s], ones = size == 4 ? 0xffffffff : (1u << (8 * size)) - 1;
+            if (claimed(port, size)) {
+                in_sized(port, size); /* reads are harmless everywhere */
+                port_exits++;
+                continue;
+            }
+            seed = seed * 1103515245 + 12345;
+            out_sized(port, size, seed);
+            if (in_sized(port, size) != ones)
+                ports_bad++;
+            port_exits += 2;
+        }
+    }
+
+    /* Every 1 MiB from 3 GiB to the IOAPIC, plus the page below LAPIC and
+     * the absent HPET; and above RAM (the test gives 64 MiB). */
+    u64 ram_end = 64 << 20;
+    for (u64 a = 0xc0000000; a < 0x100000000; a += 0x100000) {
+        if (a == 0xfec00000 || a == 0xfee00000 || a >= 0xfff00000)
+            continue; /* IOAPIC and LAPIC are KVM's; the top is KVM's TSS and EPT pages */
+        for (int k = 0; k < 2; k++) {
+            u64 addr = k ? a - 0xc0000000 + ram_end : a; /* a matching offset above RAM */
+            volatile u8 *b = (volatile u8 *)addr;
+            volatile u16 *w = (volatile u16 *)(addr + 2);
+            volatile u32 *d = (volatile u32 *)(addr + 4);
+            volatile u64 *q = (volatile u64 *)(addr + 8);
+            *b = 0x5a;
+            *w = 0x5a5a;
+            *d = 0x5a5a5a5a;
+            *q = 0x5a5a5a5a5a5a5a5aul;
+            if (*b != 0xff || *w != 0xffff || *d != 0xffffffff || *q != ~0ul)
+                mmio_bad++;
+            mmio_exits += 8;
+        }
+    }
+    puts("hostile: ");
+    putdec(port_exits);
+    puts(" port accesses, ");
+    putdec(ports_bad);
+    puts(" unclaimed ports not all-ones; ");
+    putdec(mmio_exits);
+    puts(" MMIO accesses, ");
+    putdec(mmio_bad);
+    puts(" not all-ones\n");
 }
 
 static void uart_selftest(void)
@@ -219,10 +316,18 @@ void guest_main(const u8 *bp, u64 entry)
             __asm__ volatile("sti; hlt");
     }
 
+    if (has_word(cmdline, "action=spin")) {
+        puts("spinning\n"); /* no exits, no halt: only the host can end this */
+        __asm__ volatile("cli; 1: jmp 1b");
+    }
+
+    if (has_word(cmdline, "action=hostile"))
+        hostile();
+
     if (has_word(cmdline, "action=halt")) {
         puts("halting\n");
         __asm__ volatile("cli; hlt");
-    } else if (has_word(cmdline, "action=triple")) {
+    } else if (has_word(cmdline, "action=triple") || has_word(cmdline, "action=hostile")) {
         static const struct __attribute__((packed)) {
             u16 limit;
             u64 base;
