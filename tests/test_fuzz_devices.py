@@ -19,7 +19,7 @@ from pyvmm.devices.bus import Bus
 from pyvmm.kvm import ffi
 from pyvmm.machine import ExitKind, VmExit
 
-FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 #: Port ranges with a device behind them; the fuzzer aims near them as often
 #: as anywhere else, so that every register is hit.

@@ -78,6 +78,13 @@ MSR_LSTAR = 0xC0000082
 MSR_FMASK = 0xC0000084
 #: Room before the CLAC in an exception entry point (an ENDBR64 under IBT).
 ENTRY_SLACK = 8
+#: Linear addresses and RIP wrap at 64 bits.
+U64 = (1 << 64) - 1
+
+
+def _advance(regs: Any, length: int) -> None:
+    """Move RIP past an instruction carried out here."""
+    regs.rip = (regs.rip + length) & U64
 
 
 def host_is_pvm(module: Path = PVM_MODULE) -> bool:
@@ -160,7 +167,7 @@ class EmulationAssist:
         """Read guest-virtual memory, page by page (it may cross a page boundary)."""
         out = bytearray()
         while len(out) < size:
-            addr = vaddr + len(out)
+            addr = (vaddr + len(out)) & U64
             chunk = min(size - len(out), 0x1000 - (addr & 0xFFF))
             out += self._memory.read(self._physical(sregs, addr), chunk)
         return bytes(out)
@@ -171,7 +178,7 @@ class EmulationAssist:
         pieces = []
         done = 0
         while done < size:
-            addr = vaddr + done
+            addr = (vaddr + done) & U64
             chunk = min(size - done, 0x1000 - (addr & 0xFFF))
             pieces.append((self._physical(sregs, addr, write=True), chunk))
             done += chunk
@@ -210,7 +217,7 @@ class EmulationAssist:
     def _int3(self, vcpu: Vcpu, regs: Any, sregs: Any, insn: bytes) -> None:
         """int3 is a trap: #BP is delivered with RIP already past the instruction
         (Linux's int3_selftest checks exactly that on every boot)."""
-        regs.rip += 1
+        _advance(regs, 1)
         vcpu.set_regs(regs)
         self._inject(vcpu, BP_VECTOR)
 
@@ -220,19 +227,19 @@ class EmulationAssist:
         if vcpu.get_fpu().fsw & FSW_ES:
             self._inject(vcpu, MF_VECTOR)
             return
-        regs.rip += 1
+        _advance(regs, 1)
         vcpu.set_regs(regs)
 
     def _stac(self, vcpu: Vcpu, regs: Any, sregs: Any, insn: bytes) -> None:
         regs.rflags |= RFLAGS_AC
-        regs.rip += len(STAC)
+        _advance(regs, len(STAC))
         vcpu.set_regs(regs)
 
     def _clac(self, vcpu: Vcpu, regs: Any, sregs: Any, insn: bytes) -> None:
         if self._repair_syscall(vcpu, regs, sregs):
             return
         regs.rflags &= ~RFLAGS_AC
-        regs.rip += len(CLAC)
+        _advance(regs, len(CLAC))
         vcpu.set_regs(regs)
 
     def _page_fault_handler(self, sregs: Any) -> int:
@@ -289,7 +296,7 @@ class EmulationAssist:
         fpu = vcpu.get_fpu()
         fpu.mxcsr = value
         vcpu.set_fpu(fpu)
-        regs.rip += op.length
+        _advance(regs, op.length)
         vcpu.set_regs(regs)
 
     def _stmxcsr(self, vcpu: Vcpu, regs: Any, sregs: Any, insn: bytes) -> None:
@@ -300,7 +307,7 @@ class EmulationAssist:
         except paging.PageFault as fault:
             self._page_fault(vcpu, sregs, fault)
             return
-        regs.rip += op.length
+        _advance(regs, op.length)
         vcpu.set_regs(regs)
 
     def _page_fault(self, vcpu: Vcpu, sregs: Any, fault: paging.PageFault) -> None:
@@ -334,7 +341,7 @@ class EmulationAssist:
         except xsave.XsaveFault:
             self._inject(vcpu, GP_VECTOR, 0)
             return
-        regs.rip += op.length
+        _advance(regs, op.length)
         vcpu.set_regs(regs)
 
     def _xsave(self, vcpu: Vcpu, regs: Any, sregs: Any, insn: bytes) -> None:
@@ -374,5 +381,5 @@ class EmulationAssist:
         else:
             regs.rflags &= ~zf
             regs.rax, regs.rdx = old_lo, old_hi
-        regs.rip += op.length
+        _advance(regs, op.length)
         vcpu.set_regs(regs)
