@@ -23,6 +23,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from pyvmm import console as console_io
 from pyvmm import machine as vmm
@@ -88,7 +89,8 @@ class Machine:
             config.initrd = extra.with_files(Path(config.initrd), extra_files)
         self.config = config
         self.ready = ready
-        self._log = open(console_log, "wb") if console_log is not None else None  # noqa: SIM115
+        self._log_path = console_log
+        self._log: BinaryIO | None = None
         self._output = bytearray()
         self._lock = threading.Condition()
         self._vm = vmm.Machine(config, console=self._on_output)
@@ -122,8 +124,16 @@ class Machine:
     # -- lifecycle -------------------------------------------------------
 
     def start(self) -> Machine:
-        """Boot in the background and return at once."""
-        self._vm.start()
+        """Boot in the background and return at once. On bad input
+        (UserError) nothing is left open."""
+        try:
+            self._vm.build()  # bad input fails here, before the log file is created
+            if self._log_path is not None:
+                self._log = open(self._log_path, "wb")  # noqa: SIM115 (closed by close())
+            self._vm.start()
+        except BaseException:
+            self.close()
+            raise
         com1 = self._vm.com1
         assert com1 is not None
         self._pump = console_io.InputPump(
