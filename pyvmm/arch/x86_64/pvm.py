@@ -117,8 +117,9 @@ class EmulationAssist:
     def __init__(self, memory: GuestMemory, xsave_layout: xsave.Layout) -> None:
         self._memory = memory
         self._xsave_layout = xsave_layout
-        # IDT base -> address of the guest's page-fault handler.
-        self._pf_handler: dict[int, int] = {}
+        # (IDT base, address of the guest's page-fault handler) last read. One
+        # entry: a guest that keeps moving its IDT must not grow pyvmm's memory.
+        self._pf_handler: tuple[int, int] | None = None
         self._handlers: list[tuple[Callable[[bytes], bool], Callable[..., None]]] = [
             (lambda insn: insn[:1] == b"\xcc", self._int3),
             (lambda insn: insn[:1] == b"\x9b", self._fwait),
@@ -245,13 +246,13 @@ class EmulationAssist:
     def _page_fault_handler(self, sregs: Any) -> int:
         """Entry point of the guest's #PF handler, from its IDT (cached per IDT)."""
         base = sregs.idt.base
-        if base not in self._pf_handler:
+        if self._pf_handler is None or self._pf_handler[0] != base:
             # A 64-bit IDT gate: offset bits 15:0, 31:16 and 63:32 at bytes 0, 6 and 8.
             gate = self._read_virtual(sregs, base + PF_VECTOR * 16, 16)
             offset = int.from_bytes(gate[0:2], "little") | int.from_bytes(gate[6:8], "little") << 16
             offset |= int.from_bytes(gate[8:12], "little") << 32
-            self._pf_handler[base] = offset
-        return self._pf_handler[base]
+            self._pf_handler = (base, offset)
+        return self._pf_handler[1]
 
     def _repair_syscall(self, vcpu: Vcpu, regs: Any, sregs: Any) -> bool:
         """At the #PF entry for a user-mode fault at LSTAR, become the syscall
