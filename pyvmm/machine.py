@@ -197,8 +197,10 @@ class Machine:
 
     def _build(self) -> None:
         c = self.config
-        kernel = loader.load_kernel_file(c.kernel)
-        initrd = loader.read_input_file(c.initrd, "initrd") if c.initrd is not None else None
+        kernel = loader.load_kernel_file(c.kernel, limit=c.memory)
+        initrd = None
+        if c.initrd is not None:
+            initrd = loader.read_input_file(c.initrd, "initrd", limit=c.memory)
 
         self.kvm = kvm = _open_kvm(KVM_DEVICE)
         for cap, name in (

@@ -73,6 +73,10 @@ def test_kernel_is_empty(tmp_path: Path) -> None:
     one_line_error(pyvmm("run", "--kernel", tmp_path / "k"), "file is empty")
 
 
+def test_kernel_is_a_device() -> None:
+    one_line_error(pyvmm("run", "--kernel", "/dev/zero"), "is a device")
+
+
 def test_kernel_unreadable(guests: Guests, tmp_path: Path) -> None:
     kernel = tmp_path / "k"
     shutil.copy(guests.elf, kernel)

@@ -3,7 +3,9 @@ command-line limits and what lands in guest memory."""
 
 from __future__ import annotations
 
+import os
 import struct
+import threading
 from pathlib import Path
 
 import pytest
@@ -161,6 +163,24 @@ def test_input_file_errors(tmp_path: Path) -> None:
     (tmp_path / "empty").write_bytes(b"")
     with pytest.raises(UserError, match="file is empty"):
         loader.read_input_file(tmp_path / "empty", "initrd")
+
+
+def test_devices_are_refused_and_pipes_are_read_up_to_the_limit(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="is a device"):
+        loader.read_input_file("/dev/zero", "initrd")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for size, limit in ((5000, 8192), (9000, 8192)):
+        writer = threading.Thread(target=fifo.write_bytes, args=(b"x" * size,))
+        writer.start()
+        try:
+            if size <= limit:
+                assert loader.read_input_file(fifo, "initrd", limit) == b"x" * size
+            else:
+                with pytest.raises(UserError, match="larger than"):
+                    loader.read_input_file(fifo, "initrd", limit)
+        finally:
+            writer.join(timeout=10)
 
 
 def test_kernel_file_error_names_the_file(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ page with the setup header, those addresses and the E820 map.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,13 +46,22 @@ class BootInfo:
     e820: list[E820Entry]
 
 
-def read_input_file(path: str | os.PathLike[str], what: str) -> bytes:
-    """Read a user-supplied file, turning every way it can fail into one line."""
+def read_input_file(path: str | os.PathLike[str], what: str, limit: int | None = None) -> bytes:
+    """Read a user-supplied file, turning every way it can fail into one line.
+
+    A regular file or a pipe (``--initrd <(...)``) is read; a device is
+    refused, since /dev/zero would never end. No more than ``limit`` bytes
+    are read: nothing larger could fit in the guest anyway.
+    """
     p = Path(path)
     try:
-        if p.is_dir():
+        mode = p.stat().st_mode
+        if stat.S_ISDIR(mode):
             raise UserError(f"{what} {p}: is a directory")
-        data = p.read_bytes()
+        if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+            raise UserError(f"{what} {p}: is a device or socket, not a file")
+        with open(p, "rb") as f:
+            data = f.read() if limit is None else f.read(limit + 1)
     except FileNotFoundError:
         raise UserError(f"{what} {p}: no such file") from None
     except PermissionError:
@@ -60,6 +70,8 @@ def read_input_file(path: str | os.PathLike[str], what: str) -> bytes:
         raise UserError(f"{what} {p}: {e.strerror or e}") from None
     if not data:
         raise UserError(f"{what} {p}: file is empty")
+    if limit is not None and len(data) > limit:
+        raise UserError(f"{what} {p}: larger than the guest's {limit >> 20} MiB of RAM")
     return data
 
 
@@ -68,8 +80,8 @@ def parse_kernel(data: bytes) -> KernelImage:
     return parse_elf(data) if is_elf(data) else parse_bzimage(data)
 
 
-def load_kernel_file(path: str | os.PathLike[str]) -> KernelImage:
-    data = read_input_file(path, "kernel")
+def load_kernel_file(path: str | os.PathLike[str], limit: int | None = None) -> KernelImage:
+    data = read_input_file(path, "kernel", limit)
     try:
         return parse_kernel(data)
     except KernelFormatError as e:
