@@ -256,8 +256,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("pyvmm: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # a pyvmm or host failure: one line, the traceback with --debug
-        print(f"pyvmm: {type(e).__name__}: {e}", file=sys.stderr)
-        if getattr(args, "debug", False):
+        debug = getattr(args, "debug", False)  # ``pyvmm images`` has no --debug
+        hint = "" if debug else " (a pyvmm failure; --debug shows where)"
+        print(f"pyvmm: {type(e).__name__}: {e}{hint}", file=sys.stderr)
+        if debug:
             traceback.print_exc()
         return EXIT_VMM_ERROR
     if result.status != 0 or args.debug:

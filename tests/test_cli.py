@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pyvmm import machine
+from pyvmm import cli, machine
 from pyvmm.arch.x86_64 import pvm
 from pyvmm.cli import parse_size
 from pyvmm.errors import UserError
@@ -230,6 +230,21 @@ def test_initrd_too_big_for_memory(guests: Guests, tmp_path: Path) -> None:
 
 def test_kernel_larger_than_memory(guests: Guests) -> None:
     one_line_error(pyvmm("run", "--kernel", guests.bzimage, "--memory", "16M"), "needs RAM")
+
+
+def test_a_pyvmm_failure_is_one_line_with_status_1(
+    guests: Guests, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(machine.loader, "load", broken)
+    assert cli.main(["run", "--kernel", str(guests.elf)]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == "pyvmm: RuntimeError: injected (a pyvmm failure; --debug shows where)\n"
+    assert cli.main(["run", "--kernel", str(guests.elf), "--debug"]) == 1
+    assert "Traceback" in capsys.readouterr().err
 
 
 def test_help_runs() -> None:
