@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from pyvmm import console, console_backends
+from pyvmm import console, console_backends, trace
 from pyvmm.arch.x86_64 import pvm
 from pyvmm.errors import UserError
 from pyvmm.images import default
@@ -90,6 +90,18 @@ def _parser() -> argparse.ArgumentParser:
         help="when the guest reboots: exit with status 0, or boot it again (default: exit)",
     )
     run.add_argument("--debug", action="store_true", help="add a register dump to failure messages")
+    run.add_argument(
+        "--trace",
+        default="",
+        metavar="boot,exits",
+        help="print each boot step with its numbers (boot), or each VM exit (exits, "
+        "rate-limited), on standard error",
+    )
+    run.add_argument(
+        "--stats",
+        action="store_true",
+        help="at exit, print a table of VM exits by reason and port or address",
+    )
     images = sub.add_parser(
         "images", help="fetch and build the default guest's images into the cache"
     )
@@ -140,7 +152,19 @@ def _config(args: argparse.Namespace) -> MachineConfig:
         memory=memory,
         cpus=cpus,
         debug=args.debug,
+        trace=parse_trace(args.trace),
+        stats=args.stats,
     )
+
+
+def parse_trace(text: str) -> tuple[str, ...]:
+    """``--trace boot,exits``: which traces, each named once."""
+    kinds = tuple(dict.fromkeys(k for k in text.split(",") if k))
+    if unknown := [k for k in kinds if k not in trace.TRACE_KINDS]:
+        raise UserError(
+            f"unknown --trace {unknown[0]!r}: choose from {', '.join(trace.TRACE_KINDS)}"
+        )
+    return kinds
 
 
 def _stdin_fd() -> int | None:
@@ -184,6 +208,9 @@ def run_machine(
             stack.callback(os.close, log_fd)
             outputs.append(lambda data: console.write_all(log_fd, data))
         result = _run(machine, spec, outputs, stack)
+    # The terminal is back in its own mode here.
+    if (table := machine.exit_stats()) is not None:
+        print(f"pyvmm: VM exits (--stats)\n{table}", end="", file=sys.stderr)
     return result
 
 

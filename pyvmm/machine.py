@@ -22,12 +22,13 @@ import enum
 import os
 import signal
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pyvmm import console
+from pyvmm import console, trace
 from pyvmm.arch.x86_64 import acpi, cpuid, lapic, msr, pvm, regs, xsave
 from pyvmm.boot import layout, loader
 from pyvmm.boot.loader import BootInfo
@@ -35,6 +36,7 @@ from pyvmm.devices import acpi_pm, cmos, i8042, pvpanic, serial
 from pyvmm.devices.bus import Bus
 from pyvmm.errors import UserError
 from pyvmm.kvm import Kvm, KvmError, Vcpu, Vm, lib
+from pyvmm.kvm.system import API_VERSION
 from pyvmm.memory import GuestMemory
 
 MiB = layout.MiB
@@ -51,6 +53,8 @@ KVM_DEVICE = "/dev/kvm"
 
 #: How often the main thread checks whether every vCPU is halted for good.
 IDLE_CHECK_SECONDS = 0.5
+
+_EXIT_IO, _EXIT_MMIO, _EXIT_INTR = lib.KVM_EXIT_IO, lib.KVM_EXIT_MMIO, lib.KVM_EXIT_INTR
 
 #: Signals a vCPU thread leaves to the main thread.
 _MAIN_THREAD_SIGNALS = {
@@ -115,10 +119,18 @@ class MachineConfig:
     cpus: int = 1
     #: Add register dumps to failure reports.
     debug: bool = False
+    #: What to trace on standard error: "boot", "exits" (see pyvmm.trace).
+    trace: tuple[str, ...] = ()
+    #: Count exits by reason and place, for :meth:`Machine.exit_stats`.
+    stats: bool = False
 
 
 def _stdout_writer(data: bytes) -> None:
     console.write_all(1, data)
+
+
+def _stderr_writer(text: str) -> None:
+    console.write_all(2, text.encode())
 
 
 @dataclass
@@ -147,9 +159,16 @@ class Machine:
         self,
         config: MachineConfig,
         console: Callable[[bytes], None] = _stdout_writer,
+        trace_out: Callable[[str], None] = _stderr_writer,
     ) -> None:
         self.config = config
         self._console = console
+        self._boot_trace = trace.BootTrace(trace_out if "boot" in config.trace else None)
+        self._observer: trace.ExitObserver | None = None
+        if "exits" in config.trace or config.stats:
+            self._observer = trace.ExitObserver(
+                log=trace_out if "exits" in config.trace else None, count=config.stats
+            )
         self.kvm: Kvm | None = None
         self.vm: Vm | None = None
         self.memory: GuestMemory | None = None
@@ -197,24 +216,32 @@ class Machine:
 
     def _build(self) -> None:
         c = self.config
+        t = self._boot_trace
         kernel = loader.load_kernel_file(c.kernel, limit=c.memory)
+        if t:
+            t.step(
+                "read the kernel (boot.loader.load_kernel_file)",
+                trace.kernel_lines(c.kernel, kernel),
+            )
         initrd = None
         if c.initrd is not None:
             initrd = loader.read_input_file(c.initrd, "initrd", limit=c.memory)
 
         self.kvm = kvm = _open_kvm(KVM_DEVICE)
-        for cap, name in (
-            (lib.KVM_CAP_IRQCHIP, "IRQCHIP"),
-            (lib.KVM_CAP_PIT2, "PIT2"),
-            (lib.KVM_CAP_USER_MEMORY, "USER_MEMORY"),
-            (lib.KVM_CAP_IMMEDIATE_EXIT, "IMMEDIATE_EXIT"),
-            (lib.KVM_CAP_SET_TSS_ADDR, "SET_TSS_ADDR"),
-        ):
-            if not kvm.check_extension(cap):
+        caps = {}
+        for name in ("IRQCHIP", "PIT2", "USER_MEMORY", "IMMEDIATE_EXIT", "SET_TSS_ADDR"):
+            caps[name] = kvm.check_extension(getattr(lib, f"KVM_CAP_{name}"))
+            if not caps[name]:
                 raise UserError(f"this host's KVM lacks KVM_CAP_{name}, which pyvmm needs")
-        max_vcpus = kvm.check_extension(lib.KVM_CAP_MAX_VCPUS) or kvm.check_extension(
-            lib.KVM_CAP_NR_VCPUS
-        )
+        caps["MAX_VCPUS"] = kvm.check_extension(lib.KVM_CAP_MAX_VCPUS)
+        caps["NR_VCPUS"] = kvm.check_extension(lib.KVM_CAP_NR_VCPUS)
+        caps["SET_IDENTITY_MAP_ADDR"] = kvm.check_extension(lib.KVM_CAP_SET_IDENTITY_MAP_ADDR)
+        if t:
+            t.step(
+                f"open {KVM_DEVICE} (kvm.Kvm) and check what it can do",
+                trace.kvm_lines(API_VERSION, kvm.vcpu_mmap_size, caps),
+            )
+        max_vcpus = caps["MAX_VCPUS"] or caps["NR_VCPUS"]
         if c.cpus > max_vcpus:
             raise UserError(f"--cpus {c.cpus} is more than KVM allows here ({max_vcpus})")
         if c.cpus > MAX_CPUS:
@@ -222,10 +249,18 @@ class Machine:
 
         self.vm = vm = kvm.create_vm()
         vm.set_tss_addr(layout.TSS_ADDR)
-        if kvm.check_extension(lib.KVM_CAP_SET_IDENTITY_MAP_ADDR):
+        if caps["SET_IDENTITY_MAP_ADDR"]:
             vm.set_identity_map_addr(layout.IDENTITY_MAP_ADDR)
         vm.create_irqchip()
         vm.create_pit2(lib.KVM_PIT_SPEAKER_DUMMY)  # port 0x61 handled in the kernel too
+        if t:
+            t.step("create the VM (kvm.Vm)", [
+                f"KVM_CREATE_VM -> VM descriptor {vm.fd}",
+                f"KVM_SET_TSS_ADDR {layout.TSS_ADDR:#x}, KVM_SET_IDENTITY_MAP_ADDR "
+                f"{layout.IDENTITY_MAP_ADDR:#x} (pages Intel VMX needs, in the MMIO gap)",
+                "KVM_CREATE_IRQCHIP: PIC pair, IOAPIC and a LAPIC per vCPU, in the kernel",
+                "KVM_CREATE_PIT2: the 8254 timer, in the kernel",
+            ])  # fmt: skip
 
         try:
             self.memory = memory = GuestMemory(c.memory)
@@ -234,6 +269,12 @@ class Machine:
                 f"cannot map {c.memory >> 20} MiB of guest RAM: {e.strerror or e}"
             ) from None
         memory.register(vm)
+        if t:
+            t.step(
+                f"map {c.memory >> 20} MiB of guest RAM (memory.GuestMemory), "
+                "KVM_SET_USER_MEMORY_REGION per slot",
+                trace.memory_lines(memory.slots()),
+            )
         cmdline = c.cmdline
         if pvm.host_is_pvm():
             # Guest kernel mode is emulated here: steer the kernel clear of what
@@ -253,8 +294,19 @@ class Machine:
         )
         for addr, blob in tables.blobs.items():
             memory.write(addr, blob)
+        if t:
+            t.step("write the ACPI tables (arch.x86_64.acpi)", trace.acpi_lines(tables.blobs))
         self.boot = boot = loader.load(memory, kernel, cmdline, initrd, tables.rsdp_addr)
+        if t:
+            t.step(
+                "load kernel, command line and initrd (boot.loader.load)", trace.load_lines(boot)
+            )
+            t.step("fill the zero page (boot.zeropage)", trace.zero_page_lines(boot))
+            t.step("the E820 memory map in the zero page (boot.e820)", trace.e820_lines(boot))
         regs.write_boot_tables(memory)
+        if t:
+            t.step("identity-mapped page tables (arch.x86_64.paging)", trace.page_table_lines())
+            t.step("the boot GDT (arch.x86_64.gdt)", trace.gdt_lines())
 
         supported = kvm.supported_cpuid()
         for vcpu_id in range(c.cpus):
@@ -263,16 +315,38 @@ class Machine:
             vcpu.set_cpuid2(cpuid.vcpu_cpuid(supported, apic_id=vcpu_id, nr_vcpus=c.cpus))
             msr.setup_msrs(vcpu)
             vcpu.set_lapic(lapic.virtual_wire(vcpu.get_lapic()))
+            if t:
+                t.step(
+                    f"create vCPU {vcpu_id} (KVM_CREATE_VCPU; arch.x86_64.cpuid, msr, lapic)",
+                    trace.vcpu_lines(vcpu_id, len(supported), msr.boot_msrs()),
+                )
             if vcpu_id == 0:
                 regs.setup_boot_cpu(vcpu, boot.entry, boot.zero_page)
+                if t:
+                    t.step(
+                        "registers at entry, vCPU 0 (arch.x86_64.regs.setup_boot_cpu)",
+                        trace.register_lines(vcpu.get_regs(), vcpu.get_sregs()),
+                    )
             # Other vCPUs stay in KVM's wait-for-SIPI state until the guest starts them.
 
         self._add_devices()
+        if t:
+            t.step(
+                "attach devices to the port-I/O bus (devices/)",
+                trace.device_lines(self.pio.ranges(), "PIC, IOAPIC, LAPIC, PIT"),
+            )
 
     def _add_devices(self) -> None:
         vm = self.vm
         assert vm is not None
         self.com1 = add_legacy_devices(self.pio, self._console, vm.set_irq_line, self.stop)
+        if self._observer is not None:
+            self._observer.port_owner = self._port_owner
+
+    def _port_owner(self, port: int, size: int) -> str:
+        """Which device model answers a port, for traces (KVM's own are not on the bus)."""
+        hit = self.pio.find(port, size)
+        return type(hit[0]).__name__ if hit is not None else "no device model"
 
     # -- running ---------------------------------------------------------
 
@@ -315,6 +389,13 @@ class Machine:
             return result
         finally:
             self.close()
+
+    def exit_stats(self) -> str | None:
+        """With ``stats``: a table of the exits so far by reason and port or
+        address, with the time spent handling them."""
+        if self._observer is None or not self._observer.count:
+            return None
+        return self._observer.table()
 
     def stop(self, result: VmExit) -> None:
         """End the guest with ``result`` (the first reason given wins)."""
@@ -365,28 +446,39 @@ class Machine:
             )
 
     def _run_vcpu(self, state: _VcpuState) -> None:
+        """KVM_RUN, hand the exit to its handler, again, until the VM stops.
+        With --trace exits or --stats each exit is also timed and recorded."""
         vcpu = state.vcpu
-        run = vcpu.run_struct
-        io_exit = lib.KVM_EXIT_IO
-        mmio_exit = lib.KVM_EXIT_MMIO
-        intr_exit = lib.KVM_EXIT_INTR
         stopped = self._stopped
+        dispatch = self._dispatch
+        observer = self._observer
+        if observer is None:
+            while not stopped.is_set():
+                dispatch(state, vcpu.run())
+            return
+        clock = time.perf_counter_ns
         while not stopped.is_set():
             reason = vcpu.run()
-            if reason == io_exit:
-                state.exits += 1
-                self._handle_io(vcpu)
-            elif reason == mmio_exit:
-                state.exits += 1
-                self._handle_mmio(run)
-            elif reason == intr_exit:
-                run.immediate_exit = 0
-                probe, state.probe_round = state.probe_round, 0
-                if probe and not stopped.is_set():
-                    self._check_parked(state, probe)
-            else:
-                state.exits += 1
-                self._handle_other_exit(state, reason)
+            start = clock()
+            dispatch(state, reason)
+            observer.record(vcpu.id, reason, vcpu.run_struct, vcpu.run_page, clock() - start)
+
+    def _dispatch(self, state: _VcpuState, reason: int) -> None:
+        vcpu = state.vcpu
+        if reason == _EXIT_IO:
+            state.exits += 1
+            self._handle_io(vcpu)
+        elif reason == _EXIT_MMIO:
+            state.exits += 1
+            mmio_access(self.mmio, vcpu.run_struct.mmio)
+        elif reason == _EXIT_INTR:
+            vcpu.run_struct.immediate_exit = 0
+            probe, state.probe_round = state.probe_round, 0
+            if probe and not self._stopped.is_set():
+                self._check_parked(state, probe)
+        else:
+            state.exits += 1
+            self._handle_other_exit(state, reason)
 
     def _handle_io(self, vcpu: Vcpu) -> None:
         io = vcpu.run_struct.io
@@ -399,9 +491,6 @@ class Machine:
             vcpu.run_page,
             io.data_offset,
         )
-
-    def _handle_mmio(self, run: Any) -> None:
-        mmio_access(self.mmio, run.mmio)
 
     def _check_parked(self, state: _VcpuState, probe_round: int) -> None:
         """Runs on the vCPU's own thread after a probe kick."""

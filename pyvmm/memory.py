@@ -84,12 +84,19 @@ class GuestMemory:
     def ranges(self) -> list[RamRange]:
         return [r.range for r in self._regions]
 
-    def register(self, vm: Vm) -> None:
-        """Register each region as a KVM memory slot, numbered from 0."""
+    def slots(self) -> list[tuple[int, int, int, int]]:
+        """(slot number, guest address, size, host address) for each region."""
+        out = []
         for slot, region in enumerate(self._regions):
             with ffi.from_buffer(region.mapping) as buf:
                 host_addr = int(ffi.cast("uintptr_t", buf))
-            vm.set_user_memory_region(slot, region.range.start, region.range.size, host_addr)
+            out.append((slot, region.range.start, region.range.size, host_addr))
+        return out
+
+    def register(self, vm: Vm) -> None:
+        """Register each region as a KVM memory slot, numbered from 0."""
+        for slot, gpa, size, host_addr in self.slots():
+            vm.set_user_memory_region(slot, gpa, size, host_addr)
 
     def view(self, gpa: int, size: int) -> memoryview:
         """A writable view of guest RAM [gpa, gpa+size); raises if not all RAM."""

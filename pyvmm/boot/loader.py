@@ -44,6 +44,8 @@ class BootInfo:
     initrd_addr: int
     initrd_size: int
     e820: list[E820Entry]
+    #: Zero-page fields written, in order (name, value).
+    zero_page_fields: tuple[tuple[str, int], ...] = ()
 
 
 def read_input_file(path: str | os.PathLike[str], what: str, limit: int | None = None) -> bytes:
@@ -179,4 +181,5 @@ def load(
         initrd_addr=initrd_addr,
         initrd_size=len(initrd) if initrd else 0,
         e820=e820,
+        zero_page_fields=tuple(zp.written),
     )

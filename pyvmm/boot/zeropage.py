@@ -145,35 +145,44 @@ class ZeroPage:
 
     def __init__(self) -> None:
         self.buf = bytearray(ZERO_PAGE_SIZE)
+        #: (field, value) in the order written, for ``--trace boot``.
+        self.written: list[tuple[str, int]] = []
 
     def copy_setup_header(self, raw: bytes) -> None:
         """Copy a kernel's setup header in (the 16/32/64-bit protocols all start so)."""
         self.buf[SETUP_HEADER : SETUP_HEADER + len(raw)] = raw
+        self.written.append(("setup_header bytes copied from the kernel", len(raw)))
 
     def __getitem__(self, name: str) -> int:
         return get_field(self.buf, name)
 
     def __setitem__(self, name: str, value: int) -> None:
         put_field(self.buf, name, value)
+        self.written.append((name, value))
+
+    def _put(self, name: str, fmt: str, offset: int, value: int) -> None:
+        """A field outside the setup header."""
+        struct.pack_into(fmt, self.buf, offset, value)
+        self.written.append((name, value))
 
     def set_cmdline(self, addr: int) -> None:
         self["cmd_line_ptr"] = addr & 0xFFFFFFFF
-        struct.pack_into("<I", self.buf, EXT_CMD_LINE_PTR, addr >> 32)
+        self._put("ext_cmd_line_ptr", "<I", EXT_CMD_LINE_PTR, addr >> 32)
 
     def set_acpi_rsdp(self, addr: int) -> None:
         """Where the RSDP is (boot protocol 2.14+; older kernels scan for it)."""
-        struct.pack_into("<Q", self.buf, ACPI_RSDP_ADDR, addr)
+        self._put("acpi_rsdp_addr", "<Q", ACPI_RSDP_ADDR, addr)
 
     def set_initrd(self, addr: int, size: int) -> None:
         self["ramdisk_image"] = addr & 0xFFFFFFFF
         self["ramdisk_size"] = size & 0xFFFFFFFF
-        struct.pack_into("<I", self.buf, EXT_RAMDISK_IMAGE, addr >> 32)
-        struct.pack_into("<I", self.buf, EXT_RAMDISK_SIZE, size >> 32)
+        self._put("ext_ramdisk_image", "<I", EXT_RAMDISK_IMAGE, addr >> 32)
+        self._put("ext_ramdisk_size", "<I", EXT_RAMDISK_SIZE, size >> 32)
 
     def set_e820(self, entries: list[E820Entry]) -> None:
         if len(entries) > E820_MAX_ENTRIES:
             raise ValueError(f"{len(entries)} E820 entries; the zero page holds {E820_MAX_ENTRIES}")
-        self.buf[E820_ENTRIES] = len(entries)
+        self._put("e820_entries", "<B", E820_ENTRIES, len(entries))
         size = struct.calcsize(E820_ENTRY_FORMAT)
         for i, e in enumerate(entries):
             struct.pack_into(

@@ -39,6 +39,10 @@ class Bus:
         self._starts.insert(i, base)
         self._entries.insert(i, (base, end, device))
 
+    def ranges(self) -> list[tuple[int, int, Device]]:
+        """(start, end, device) for each claimed range, in address order."""
+        return list(self._entries)
+
     def find(self, addr: int, size: int) -> tuple[Device, int] | None:
         """The device whose range holds all of [addr, addr+size), with the offset."""
         i = bisect.bisect_right(self._starts, addr) - 1
