@@ -21,6 +21,7 @@ from typing import NoReturn
 
 from pyvmm import console, console_backends, trace
 from pyvmm.arch.x86_64 import pvm
+from pyvmm.boot import inspect as kernel_inspect
 from pyvmm.errors import UserError
 from pyvmm.images import default
 from pyvmm.images.default import GUEST_KINDS
@@ -102,6 +103,10 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="at exit, print a table of VM exits by reason and port or address",
     )
+    inspect = sub.add_parser(
+        "inspect", help="show what the loader sees in a kernel file, without running it"
+    )
+    inspect.add_argument("kernel", help="a vmlinux ELF or a bzImage")
     images = sub.add_parser(
         "images", help="fetch and build the default guest's images into the cache"
     )
@@ -269,6 +274,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "images":
             return _images(args.which)
+        if args.command == "inspect":
+            print(kernel_inspect.describe(args.kernel), end="")
+            return 0
         config = _config(args)
         spec = console_backends.parse(args.console)
         log = Path(args.console_log) if args.console_log else None
