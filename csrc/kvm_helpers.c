@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <linux/kvm.h>
 
 #include "kvm_helpers.h"
 
@@ -51,4 +52,23 @@ int pyvmm_cmpxchg16b(void *ptr, uint64_t *expected, uint64_t new_lo, uint64_t ne
     expected[0] = lo;
     expected[1] = hi;
     return swapped;
+}
+
+long pyvmm_bench_io_loop(int vcpu_fd, struct kvm_run *run)
+{
+    long exits = 0;
+
+    for (;;) {
+        if (ioctl(vcpu_fd, KVM_RUN, 0) < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        if (run->exit_reason == KVM_EXIT_IO)
+            exits++;
+        else if (run->exit_reason == KVM_EXIT_HLT)
+            return exits;
+        else
+            return -EPROTO;
+    }
 }

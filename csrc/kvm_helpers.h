@@ -24,3 +24,11 @@ int pyvmm_install_kick_handler(void);
  * 0 if not, -1 if ptr is not 16-byte aligned.
  */
 int pyvmm_cmpxchg16b(void *ptr, uint64_t *expected, uint64_t new_lo, uint64_t new_hi);
+
+/*
+ * For bench/exit_cost.py only: run a vCPU until it halts, doing nothing for
+ * its port I/O exits, so that pyvmm's Python exit handling can be timed
+ * against a loop with no Python in it. Returns the number of port I/O
+ * exits, -errno if KVM_RUN failed, or -EPROTO on any other kind of exit.
+ */
+long pyvmm_bench_io_loop(int vcpu_fd, struct kvm_run *run);

@@ -4,7 +4,8 @@
  * it on COM1, using polled I/O, then does what "action=" on its command line
  * says: reset (default, through the i8042), halt (cli; hlt), triple (a fault
  * with no usable IDT), wait (sti; hlt forever), spin (cli; a tight loop
- * forever), hostile (hammer ports and MMIO nobody claims, then triple fault).
+ * forever), hostile (hammer ports and MMIO nobody claims, then triple fault),
+ * flood (64 KiB of output, then reset).
  *
  * Every line it prints is checked by tests/test_boot_guest.py. Guest kernel
  * code may be emulated instruction by instruction on some hosts, so the
@@ -314,6 +315,14 @@ void guest_main(const u8 *bp, u64 entry)
         puts("waiting\n"); /* with interrupts on: only the host can end this */
         for (;;)
             __asm__ volatile("sti; hlt");
+    }
+
+    if (has_word(cmdline, "action=flood")) {
+        /* 64 KiB through the UART, for bench/run.py's throughput figure. */
+        puts("flood begin\n");
+        for (int i = 0; i < 1024; i++)
+            puts("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\n");
+        puts("flood end\n");
     }
 
     if (has_word(cmdline, "action=spin")) {
