@@ -28,6 +28,7 @@ from typing import BinaryIO
 from pyvmm import console as console_io
 from pyvmm import machine as vmm
 from pyvmm.errors import UserError
+from pyvmm.trace import parse_kinds as trace_kinds
 
 #: What the default guest's /init prints once userspace runs.
 READY = r"pyvmm guest: Linux \S+, up [0-9.]+ s"
@@ -75,12 +76,16 @@ class Machine:
         memory: int | str = "512M",
         cpus: int = 1,
         guest: str = "auto",
+        trace: str = "",
+        stats: bool = False,
         console_log: str | os.PathLike[str] | None = None,
         extra_files: dict[str | os.PathLike[str], str] | None = None,
         ready: str = READY,
     ) -> None:
         if config is None:
             config = self._default_config(kernel, initrd, cmdline, memory, cpus, guest)
+        config.trace = config.trace or trace_kinds(trace)
+        config.stats = config.stats or stats
         if extra_files:
             from pyvmm.images import extra
 
@@ -149,6 +154,10 @@ class Machine:
         with self._lock:
             self._result = result
             self._lock.notify_all()
+
+    def exit_stats(self) -> str | None:
+        """With ``stats=True``: the table ``pyvmm run --stats`` prints."""
+        return self._vm.exit_stats()
 
     @property
     def exit_status(self) -> int | None:

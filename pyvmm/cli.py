@@ -157,19 +157,9 @@ def _config(args: argparse.Namespace) -> MachineConfig:
         memory=memory,
         cpus=cpus,
         debug=args.debug,
-        trace=parse_trace(args.trace),
+        trace=trace.parse_kinds(args.trace),
         stats=args.stats,
     )
-
-
-def parse_trace(text: str) -> tuple[str, ...]:
-    """``--trace boot,exits``: which traces, each named once."""
-    kinds = tuple(dict.fromkeys(k for k in text.split(",") if k))
-    if unknown := [k for k in kinds if k not in trace.TRACE_KINDS]:
-        raise UserError(
-            f"unknown --trace {unknown[0]!r}: choose from {', '.join(trace.TRACE_KINDS)}"
-        )
-    return kinds
 
 
 def _stdin_fd() -> int | None:

@@ -19,6 +19,7 @@ from pyvmm.arch.x86_64 import gdt, paging
 from pyvmm.boot import layout
 from pyvmm.boot.image import KernelImage
 from pyvmm.boot.loader import BootInfo
+from pyvmm.errors import UserError
 from pyvmm.kvm import lib
 
 TRACE_KINDS = ("boot", "exits")
@@ -52,6 +53,14 @@ SETUP_HEADER_MEANING = {
     "payload_offset": "compressed kernel, offset in the protected-mode code",
     "payload_length": "compressed kernel, length",
 }
+
+
+def parse_kinds(text: str) -> tuple[str, ...]:
+    """``--trace boot,exits``: which traces, each named once."""
+    kinds = tuple(dict.fromkeys(k for k in text.split(",") if k))
+    if unknown := [k for k in kinds if k not in TRACE_KINDS]:
+        raise UserError(f"unknown --trace {unknown[0]!r}: choose from {', '.join(TRACE_KINDS)}")
+    return kinds
 
 
 def _size(n: int) -> str:

@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+import pyvmm as pyvmm_api
 from pyvmm import trace
 from pyvmm.kvm import ffi, lib
 from tests.cli_util import pyvmm
@@ -102,3 +103,16 @@ def test_exit_trace_and_stats_match_the_console(guests: Guests) -> None:
     assert len(r.stdout.encode()) <= int(row.group(1)) <= len(r.stdout.encode()) + 8
     reset = re.search(r"^ +1 .* IO port 0x0064 out size 1 \(I8042\)$", r.stderr, re.M)
     assert reset, "the reset through the i8042 is one exit"
+
+
+@pytest.mark.usefixtures("kvm")
+def test_stats_from_python(guests: Guests) -> None:
+    with pyvmm_api.Machine(kernel=guests.elf, memory="64M", stats=True) as m:
+        assert m.exit_stats() is not None  # counting from the start, even before it runs
+        m.start()
+        assert m.wait(timeout=30) == 0
+        table = m.exit_stats()
+    assert table is not None
+    assert re.search(r"^ +1 .* IO port 0x0064 out size 1 \(I8042\)$", table, re.M)
+    with pyvmm_api.Machine(kernel=guests.elf, memory="64M") as m:
+        assert m.exit_stats() is None
