@@ -644,6 +644,12 @@ def port_io(
     end = offset + size * count
     if not 0 <= offset <= end <= len(page):
         raise RuntimeError(f"KVM put port I/O data outside kvm_run ({offset:#x}+{end - offset})")
+    if count == 1:  # the common case: one in or out
+        if out:
+            bus.write(port, bytes(page[offset:end]))
+        else:
+            page[offset:end] = bus.read(port, size)
+        return
     if out:
         for i in range(offset, end, size):
             bus.write(port, bytes(page[i : i + size]))

@@ -10,6 +10,9 @@ from __future__ import annotations
 import bisect
 from typing import Protocol
 
+#: Most (address, size) pairs a bus remembers the answer for.
+_FOUND_MAX = 4096
+
 
 class Device(Protocol):
     """A device model: byte-level register reads and writes at an offset."""
@@ -26,6 +29,9 @@ class Bus:
         self.name = name
         self._starts: list[int] = []
         self._entries: list[tuple[int, int, Device]] = []  # (start, end, device)
+        # (addr, size) -> find()'s answer. A guest uses few distinct ports, and
+        # a dict lookup is several times cheaper than the bisection.
+        self._found: dict[tuple[int, int], tuple[Device, int] | None] = {}
 
     def insert(self, base: int, length: int, device: Device) -> None:
         if length <= 0:
@@ -38,6 +44,7 @@ class Bus:
             raise ValueError(f"{self.name} range {base:#x}-{end:#x} overlaps another device")
         self._starts.insert(i, base)
         self._entries.insert(i, (base, end, device))
+        self._found.clear()
 
     def ranges(self) -> list[tuple[int, int, Device]]:
         """(start, end, device) for each claimed range, in address order."""
@@ -53,8 +60,18 @@ class Bus:
             return None
         return device, addr - start
 
+    def _lookup(self, addr: int, size: int) -> tuple[Device, int] | None:
+        key = (addr, size)
+        try:
+            return self._found[key]
+        except KeyError:
+            hit = self.find(addr, size)
+            if len(self._found) < _FOUND_MAX:  # MMIO addresses are unbounded: stop caching
+                self._found[key] = hit
+            return hit
+
     def read(self, addr: int, size: int) -> bytes:
-        hit = self.find(addr, size)
+        hit = self._lookup(addr, size)
         if hit is None:
             return b"\xff" * size
         device, offset = hit
@@ -64,7 +81,7 @@ class Bus:
         return data
 
     def write(self, addr: int, data: bytes) -> None:
-        hit = self.find(addr, len(data))
+        hit = self._lookup(addr, len(data))
         if hit is not None:
             device, offset = hit
             device.write(offset, data)
