@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from elftools.elf.elffile import ELFFile
 
 from pyvmm.boot import layout, loader
 from pyvmm.boot.bzimage import parse_bzimage
@@ -28,7 +29,10 @@ def test_elf_segments_and_entry(guests: Guests) -> None:
     image = parse_elf(guests.elf.read_bytes())
     assert image.kind == "ELF"
     assert image.entry == 0x200200
-    assert [s.addr for s in image.segments] == [0x200000, 0x201000]
+    with open(guests.elf, "rb") as f:  # the program headers, read independently
+        loads = [seg["p_paddr"] for seg in ELFFile(f).iter_segments() if seg["p_type"] == "PT_LOAD"]
+    assert [s.addr for s in image.segments] == loads
+    assert loads[0] == 0x200000 and loads[1] % 0x1000 == 0  # linked at 2 MiB (guest.ld)
     code, data = image.segments
     assert code.data[0x200:0x207] == (guests.elf.read_bytes()[0x1200:0x1207])
     assert len(data.data) == 0 and data.mem_size > 0x2000  # BSS only: stack and tables
@@ -258,10 +262,11 @@ def test_cmdline_limit_is_also_the_reserved_area() -> None:
 def test_load_elf_into_memory(guests: Guests) -> None:
     image = parse_elf(guests.elf.read_bytes())
     with GuestMemory(64 * MiB) as mem:
-        mem.fill(0x201000, 0x3000, 0xAA)  # BSS must be zeroed by the loader
+        bss = image.segments[1]
+        mem.fill(bss.addr, bss.mem_size, 0xAA)  # BSS must be zeroed by the loader
         info = loader.load(mem, image, "console=ttyS0", b"initrd-bytes")
         assert mem.read(0x200000, len(image.segments[0].data)) == image.segments[0].data
-        assert mem.read(0x201000, image.segments[1].mem_size) == bytes(image.segments[1].mem_size)
+        assert mem.read(bss.addr, bss.mem_size) == bytes(bss.mem_size)
         assert mem.read(layout.CMDLINE_ADDR, 14) == b"console=ttyS0\0"
         assert mem.read(info.initrd_addr, 12) == b"initrd-bytes"
         assert info.initrd_addr == 64 * MiB - 4096
