@@ -312,13 +312,14 @@ class Machine:
         for vcpu_id in range(c.cpus):
             vcpu = vm.create_vcpu(vcpu_id)
             self._vcpus.append(_VcpuState(vcpu))
-            vcpu.set_cpuid2(cpuid.vcpu_cpuid(supported, apic_id=vcpu_id, nr_vcpus=c.cpus))
+            leaves = cpuid.vcpu_cpuid(supported, apic_id=vcpu_id, nr_vcpus=c.cpus)
+            vcpu.set_cpuid2(leaves)
             msr.setup_msrs(vcpu)
             vcpu.set_lapic(lapic.virtual_wire(vcpu.get_lapic()))
             if t:
                 t.step(
                     f"create vCPU {vcpu_id} (KVM_CREATE_VCPU; arch.x86_64.cpuid, msr, lapic)",
-                    trace.vcpu_lines(vcpu_id, len(supported), msr.boot_msrs()),
+                    trace.vcpu_lines(vcpu_id, len(leaves), msr.boot_msrs()),
                 )
             if vcpu_id == 0:
                 regs.setup_boot_cpu(vcpu, boot.entry, boot.zero_page)
