@@ -343,6 +343,8 @@ class Machine:
         self.com1 = add_legacy_devices(self.pio, self._console, vm.set_irq_line, self.stop)
         if self._observer is not None:
             self._observer.port_owner = self._port_owner
+            if self._assist is not None:
+                self._observer.emulated = self._assist.last_handled
 
     def _port_owner(self, port: int, size: int) -> str:
         """Which device model answers a port, for traces (KVM's own are not on the bus)."""

@@ -23,7 +23,7 @@ from pyvmm.errors import UserError
 from pyvmm.kvm import lib
 
 TRACE_KINDS = ("boot", "exits")
-_EXIT_IO = lib.KVM_EXIT_IO
+_EXIT_IO, _EXIT_INTERNAL_ERROR = lib.KVM_EXIT_IO, lib.KVM_EXIT_INTERNAL_ERROR
 
 #: KVM_EXIT_* values by name, for the ones pyvmm can meet.
 EXIT_NAMES = {
@@ -250,6 +250,8 @@ class ExitObserver:
     count: bool = False
     #: Names what answers a port (the machine sets it once devices exist).
     port_owner: Callable[[int, int], str] | None = None
+    #: Names the instruction pyvmm just completed for KVM (PVM hosts).
+    emulated: Callable[[], str] | None = None
     burst: int = 500
     per_second: int = 50
     _counts: dict[tuple[str, str], _Count] = field(default_factory=dict)
@@ -265,6 +267,8 @@ class ExitObserver:
         name, where, data = describe_exit(reason, run, page)
         if reason == _EXIT_IO and self.port_owner is not None:
             where = f"{where} ({self.port_owner(run.io.port, run.io.size)})"
+        elif reason == _EXIT_INTERNAL_ERROR and self.emulated is not None:
+            where = f"emulation: {self.emulated()}"
         with self._lock:
             if self.count:
                 c = self._counts.setdefault((name, where), _Count())

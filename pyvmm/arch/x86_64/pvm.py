@@ -31,6 +31,7 @@ the module shows up as /sys/module/kvm_pvm.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,6 +121,8 @@ class EmulationAssist:
         # (IDT base, address of the guest's page-fault handler) last read. One
         # entry: a guest that keeps moving its IDT must not grow pyvmm's memory.
         self._pf_handler: tuple[int, int] | None = None
+        # Per vCPU thread: what the last handle() call dealt with.
+        self._done = threading.local()
         self._handlers: list[tuple[Callable[[bytes], bool], Callable[..., None]]] = [
             (lambda insn: insn[:1] == b"\xcc", self._int3),
             (lambda insn: insn[:1] == b"\x9b", self._fwait),
@@ -140,11 +143,13 @@ class EmulationAssist:
         insn = self._instruction(vcpu, regs, sregs)
         for matches, handler in self._handlers:
             if insn and matches(insn):
+                self._done.what = handler.__name__.lstrip("_")
                 try:
                     handler(vcpu, regs, sregs, insn)
                 except (GuestMemoryError, paging.PageFault, decode.DecodeError) as e:
                     return Unhandled(regs.rip, insn, f"could not emulate it: {e}")
                 return None
+        self._done.what = "unhandled instruction"
         return Unhandled(
             regs.rip,
             insn,
@@ -236,8 +241,14 @@ class EmulationAssist:
         _advance(regs, len(STAC))
         vcpu.set_regs(regs)
 
+    def last_handled(self) -> str:
+        """What the calling vCPU thread's last emulation failure was ("clac",
+        "xsave", "syscall", ...), for --trace exits and --stats."""
+        return getattr(self._done, "what", "")
+
     def _clac(self, vcpu: Vcpu, regs: Any, sregs: Any, insn: bytes) -> None:
         if self._repair_syscall(vcpu, regs, sregs):
+            self._done.what = "syscall"
             return
         regs.rflags &= ~RFLAGS_AC
         _advance(regs, len(CLAC))
