@@ -16,6 +16,7 @@ one process.
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 import threading
@@ -32,9 +33,44 @@ from pyvmm.trace import parse_kinds as trace_kinds
 
 #: What the default guest's /init prints once userspace runs.
 READY = r"pyvmm guest: Linux \S+, up [0-9.]+ s"
+#: How often a waiter looks at a console line still being printed.
+RECHECK_SECONDS = 0.05
 #: How many console lines a timeout error shows.
 TAIL_LINES = 20
 DEFAULT_TIMEOUT = 600.0
+
+
+class ConsoleText:
+    """The console as text, built as it arrives: UTF-8 decoded incrementally,
+    CR LF turned into LF, joined only when read. (Decoding and joining the
+    whole console for each byte the UART delivers cost about a second of CPU
+    over a Linux boot.)"""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._chunks: list[str] = []
+        self._held_cr = False  # a CR at the end of the data so far: CR LF may follow
+        self._joined = ""
+        #: Characters so far (a held CR not counted).
+        self.length = 0
+
+    def add(self, data: bytes) -> None:
+        chunk = self._decoder.decode(data)
+        if self._held_cr:
+            chunk = "\r" + chunk
+        self._held_cr = chunk.endswith("\r")
+        if self._held_cr:
+            chunk = chunk[:-1]
+        chunk = chunk.replace("\r\n", "\n")
+        if chunk:
+            self._chunks.append(chunk)
+            self.length += len(chunk)
+
+    def text(self) -> str:
+        if self._chunks:
+            self._joined += "".join(self._chunks)
+            self._chunks.clear()
+        return self._joined
 
 
 class GuestTimeout(TimeoutError):
@@ -96,7 +132,7 @@ class Machine:
         self.ready = ready
         self._log_path = console_log
         self._log: BinaryIO | None = None
-        self._output = bytearray()
+        self._output = ConsoleText()
         self._lock = threading.Condition()
         self._vm = vmm.Machine(config, console=self._on_output)
         self._input_r, self._input_w = os.pipe()
@@ -218,17 +254,21 @@ class Machine:
 
     def _on_output(self, data: bytes) -> None:
         with self._lock:
-            self._output += data
+            self._output.add(data)
             if self._log is not None:
                 self._log.write(data)
                 self._log.flush()
-            self._lock.notify_all()
+            # Waiters look again at each new line, and at least every
+            # RECHECK_SECONDS for a partial one (a prompt): the UART hands
+            # over one byte at a time.
+            if b"\n" in data:
+                self._lock.notify_all()
 
     @property
     def console(self) -> str:
         """Everything the guest printed so far (CR LF as LF)."""
         with self._lock:
-            return bytes(self._output).decode(errors="replace").replace("\r\n", "\n")
+            return self._output.text()
 
     def _timeout_message(self, what: str) -> str:
         tail = "\n".join(self.console.splitlines()[-TAIL_LINES:])
@@ -243,12 +283,15 @@ class Machine:
         pattern with ``\\n`` rather than ``$`` to match only whole lines."""
         regex = re.compile(pattern, re.MULTILINE) if isinstance(pattern, str) else pattern
         deadline = time.monotonic() + timeout
+        searched = -1
         with self._lock:
             while True:
-                text = bytes(self._output).decode(errors="replace").replace("\r\n", "\n")
-                m = regex.search(text, start)
-                if m:
-                    return m
+                if self._output.length != searched:
+                    text = self._output.text()
+                    searched = self._output.length
+                    m = regex.search(text, start)
+                    if m:
+                        return m
                 if self._result is not None:
                     raise GuestExited(
                         self._timeout_message(f"the guest ended ({self._result.message})")
@@ -258,7 +301,7 @@ class Machine:
                     raise GuestTimeout(
                         self._timeout_message(f"no {regex.pattern!r} within {timeout} s")
                     )
-                self._lock.wait(min(left, 1.0))
+                self._lock.wait(min(left, RECHECK_SECONDS))
 
     def send(self, text: str | bytes) -> None:
         """Type ``text`` into the guest's console."""

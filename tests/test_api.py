@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import pyvmm
+from pyvmm.api import ConsoleText
 from tests.guests.build import Guests
 
 pytestmark = pytest.mark.usefixtures("kvm")
@@ -48,3 +52,22 @@ def test_two_machines_in_one_process(guests: Guests) -> None:
         b.wait_for("waiting", timeout=30)
         assert "cmdline: one" in a.console and "cmdline: two" not in a.console
         assert "cmdline: two" in b.console and "cmdline: one" not in b.console
+
+
+@given(st.binary(max_size=300), st.lists(st.integers(0, 300), max_size=20))
+def test_console_text_built_piece_by_piece(data: bytes, cuts: list[int]) -> None:
+    """However the UART's bytes are split up, the console text is the whole
+    output decoded at once with CR LF as LF (a CR at the very end waits to
+    see whether LF follows)."""
+    text = ConsoleText()
+    points = sorted({0, len(data), *(c for c in cuts if c <= len(data))})
+    for a, b in itertools.pairwise(points):
+        text.add(data[a:b])
+        assert text.length == len(text.text())
+    whole = data.decode(errors="replace").replace("\r\n", "\n")
+    got = text.text()
+    if data.endswith(b"\n"):
+        assert got == whole
+    else:
+        # Held back at most: a CR, and the start of a character still arriving.
+        assert whole.startswith(got) and len(whole) - len(got) <= 2
