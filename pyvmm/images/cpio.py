@@ -9,7 +9,6 @@ numbers sequential, so the same input always gives the same bytes.
 
 from __future__ import annotations
 
-import gzip
 import stat
 from dataclasses import dataclass
 
@@ -67,7 +66,3 @@ def archive(entries: list[Entry]) -> bytes:
         out += entry.data + _pad4(len(entry.data))
     return bytes(out)
 
-
-def gzipped(entries: list[Entry], level: int = 6) -> bytes:
-    """The archive, gzip-compressed (mtime 0, so reproducible)."""
-    return gzip.compress(archive(entries), compresslevel=level, mtime=0)

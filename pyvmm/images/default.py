@@ -4,7 +4,7 @@
   as shipped (a bzImage) and as the vmlinux ELF extracted from it;
 - the small kernel: Linux from Debian's ``linux-source-6.1``, configured with
   ``make tinyconfig`` plus images/small-kernel.config;
-- the initramfs: ``busybox-static`` and images/init in a gzip'd newc cpio.
+- the initramfs: ``busybox-static`` and images/init in a newc cpio.
 
 Each lives in a directory named after what it was built from, so a new
 package version or an edited config fragment gives a new image. Without
@@ -181,15 +181,15 @@ def small_kernel(refresh: bool = False) -> Kernel:
 
 
 def initramfs_image(refresh: bool = False) -> Path:
-    """busybox-static and /init, as a gzip'd cpio."""
+    """busybox-static and /init, as an uncompressed newc cpio."""
     init = _source_file("init").read_bytes()
-    init_key = _key(init, f"gzip-{initramfs.GZIP_LEVEL}")
+    init_key = _key(init, "plain")
     if not refresh:
-        cached = _newest_cached(list((cache_dir() / "initramfs").glob(f"*-{init_key}.cpio.gz")))
+        cached = _newest_cached(list((cache_dir() / "initramfs").glob(f"*-{init_key}.cpio")))
         if cached is not None:
             return cached
     package, version = debian.newest(f"^{BUSYBOX_PACKAGE}$")
-    name = f"busybox-{version.replace(':', '_')}-{init_key}.cpio.gz"
+    name = f"busybox-{version.replace(':', '_')}-{init_key}.cpio"
     path = cache_dir() / "initramfs" / name
     if path.is_file():
         return path

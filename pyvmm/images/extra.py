@@ -13,7 +13,7 @@ import os
 import stat
 from pathlib import Path, PurePosixPath
 
-from pyvmm.images import cpio, initramfs
+from pyvmm.images import cpio
 from pyvmm.images.cache import cache_dir, write_atomic
 from pyvmm.images.debian import ImageError
 
@@ -43,10 +43,10 @@ def entries(files: dict[str | os.PathLike[str], str]) -> list[cpio.Entry]:
 
 def with_files(base: Path, files: dict[str | os.PathLike[str], str]) -> Path:
     """``base`` with ``files`` appended, built once and cached by content."""
-    extra = cpio.gzipped(entries(files), level=initramfs.GZIP_LEVEL)
+    extra = cpio.archive(entries(files))
     base_data = base.read_bytes()
     digest = hashlib.sha256(base_data + b"\0" + extra).hexdigest()[:16]
-    path = cache_dir() / "initramfs-extra" / f"{digest}.cpio.gz"
+    path = cache_dir() / "initramfs-extra" / f"{digest}.cpio"
     if not path.is_file():
         write_atomic(path, base_data + extra)
     return path
