@@ -15,7 +15,6 @@ import pyvmm
 from pyvmm import cli, machine
 from pyvmm.arch.x86_64 import regs
 from pyvmm.devices import i8042
-from pyvmm.kvm import ffi
 from pyvmm.machine import ExitKind, Machine, MachineConfig
 from pyvmm.memory import GuestMemory
 from tests.guests.build import Guests
@@ -62,9 +61,7 @@ class Watch:
         class RecordedMemory(GuestMemory):
             def __init__(self, size: int) -> None:
                 super().__init__(size)
-                for region in self._regions:
-                    with ffi.from_buffer(region.mapping) as buf:
-                        watch.addresses.append(int(ffi.cast("uintptr_t", buf)))
+                watch.addresses += [host for _, _, _, host in self.slots()]
 
         monkeypatch.setattr(machine, "GuestMemory", RecordedMemory)
 
