@@ -53,3 +53,14 @@ def pyvmm(
         timeout=timeout,
         preexec_fn=_drop_file_permission_override if obey_file_permissions and as_root else None,
     )
+
+
+def one_line_error(r: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    """pyvmm refused bad input as it should: status 2, nothing on standard
+    output, one ``pyvmm: `` line on standard error holding each fragment."""
+    assert r.returncode == 2, r
+    assert r.stdout == ""
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pyvmm: "), r.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]

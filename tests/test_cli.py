@@ -19,7 +19,7 @@ from pyvmm.arch.x86_64 import pvm
 from pyvmm.cli import parse_size
 from pyvmm.errors import UserError
 from pyvmm.kvm import Kvm, lib
-from tests.cli_util import pyvmm
+from tests.cli_util import one_line_error, pyvmm
 from tests.guests.build import Guests
 
 MiB, GiB = 1 << 20, 1 << 30
@@ -44,15 +44,6 @@ def test_parse_size(text: str, size: int) -> None:
 def test_bad_sizes(text: str) -> None:
     with pytest.raises(UserError):
         parse_size(text)
-
-
-def one_line_error(r: subprocess.CompletedProcess[str], *fragments: str) -> None:
-    assert r.returncode == 2, r
-    assert r.stdout == ""
-    lines = r.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("pyvmm: "), r.stderr
-    for fragment in fragments:
-        assert fragment in lines[0]
 
 
 def test_missing_kernel(tmp_path: Path) -> None:
