@@ -191,9 +191,7 @@ def test_cmdline_reaches_the_guest(boots: dict[str, Boot]) -> None:
 
 def test_initrd_contents(boots: dict[str, Boot], initramfs: Path) -> None:
     output, _ = boots["elf"].wait().command_output()
-    archive = {
-        name: body for name, _, body, _ in read_newc(initramfs.read_bytes())
-    }
+    archive = {name: body for name, _, body, _ in read_newc(initramfs.read_bytes())}
     for guest_path in ("/init", "/bin/busybox"):
         want = hashlib.md5(archive[guest_path.lstrip("/")]).hexdigest()
         assert re.search(rf"^{want}\s+{guest_path}$", output, re.MULTILINE), (

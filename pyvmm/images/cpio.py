@@ -65,4 +65,3 @@ def archive(entries: list[Entry]) -> bytes:
         out += _pad4(len(header) + len(name) + 1)
         out += entry.data + _pad4(len(entry.data))
     return bytes(out)
-
