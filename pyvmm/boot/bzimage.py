@@ -31,6 +31,12 @@ OLD_CMDLINE_MAX = 255
 MIN_FILE_SIZE = 2 * SECTOR
 
 
+def setup_size(hdr: SetupHeader) -> int:
+    """Bytes before the protected-mode code: the boot sector and the real-mode
+    setup code, ``setup_sects`` sectors (0 means 4; boot.rst)."""
+    return ((hdr.setup_sects or DEFAULT_SETUP_SECTS) + 1) * SECTOR
+
+
 def looks_like_bzimage(data: bytes) -> bool:
     return len(data) >= MIN_FILE_SIZE and SetupHeader.parse(data).header == HDRS_MAGIC
 
@@ -58,17 +64,17 @@ def parse_bzimage(data: bytes) -> KernelImage:
     if not hdr.xloadflags & XLF_KERNEL_64:
         raise KernelFormatError("bzImage has no 64-bit entry point (XLF_KERNEL_64 not set)")
 
-    setup_size = ((hdr.setup_sects or DEFAULT_SETUP_SECTS) + 1) * SECTOR
+    setup = setup_size(hdr)
     # syssize is the protected-mode code's size in 16-byte paragraphs (boot.rst).
     pm_size = hdr.syssize * 16
     if pm_size == 0:
         raise KernelFormatError("bzImage syssize is 0: no protected-mode code")
-    if setup_size + pm_size > len(data):
+    if setup + pm_size > len(data):
         raise KernelFormatError(
-            f"bzImage is truncated: the header describes {setup_size + pm_size} bytes, "
+            f"bzImage is truncated: the header describes {setup + pm_size} bytes, "
             f"the file has {len(data)}"
         )
-    protected_mode = data[setup_size:]
+    protected_mode = data[setup:]
 
     load_addr = layout.HIMEM_START
     align = hdr.kernel_alignment

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 
 from elftools.elf.elffile import ELFFile
 
-from pyvmm.boot.bzimage import DEFAULT_SETUP_SECTS, SECTOR
+from pyvmm.boot.bzimage import setup_size
 from pyvmm.boot.elf import is_elf
 from pyvmm.boot.image import KernelFormatError, KernelImage
 from pyvmm.boot.loader import parse_kernel, read_input_file
-from pyvmm.boot.zeropage import HEADER_FIELDS, header_end
+from pyvmm.boot.zeropage import HEADER_FIELDS, get_field, header_end
 from pyvmm.images import vmlinux
 
 #: Program-header flags (ELF gABI): execute, write, read.
@@ -74,7 +75,7 @@ def _bzimage(data: bytes, kernel: KernelImage) -> list[str]:
     release = _kernel_version(data)
     if release:
         lines.append(f"kernel version: {release}")
-    setup = ((hdr.setup_sects or DEFAULT_SETUP_SECTS) + 1) * SECTOR
+    setup = setup_size(hdr)
     lines.append(f"real-mode setup: {setup} bytes; protected-mode code: {len(data) - setup} bytes")
     payload = data[setup + hdr.payload_offset : setup + hdr.payload_offset + hdr.payload_length]
     lines.append(
@@ -89,19 +90,16 @@ def _bzimage(data: bytes, kernel: KernelImage) -> list[str]:
     lines.append("setup header:")
     end = header_end(data)
     for name, (offset, fmt) in HEADER_FIELDS.items():
-        if offset + _SIZES[fmt] > end:
+        if offset + struct.calcsize(fmt) > end:
             break  # not defined by this protocol version
-        value = int.from_bytes(data[offset : offset + _SIZES[fmt]], "little")
+        value = get_field(data, name)
         lines.append(f"  {offset:#05x} {name:<22} {value:#x}")
     return lines
 
 
-_SIZES = {"B": 1, "H": 2, "I": 4, "Q": 8}
-
-
 def _kernel_version(data: bytes) -> str:
     """The string kernel_version points at (offset from 0x200, protocol 2.00+)."""
-    pointer = int.from_bytes(data[0x20E:0x210], "little")
+    pointer = get_field(data, "kernel_version")
     if not pointer:
         return ""
     start = pointer + 0x200

@@ -15,7 +15,7 @@ import lzma
 import struct
 import zlib
 
-from pyvmm.boot.bzimage import DEFAULT_SETUP_SECTS, SECTOR, parse_bzimage
+from pyvmm.boot.bzimage import parse_bzimage, setup_size
 from pyvmm.boot.elf import is_elf
 from pyvmm.boot.image import KernelFormatError
 from pyvmm.boot.zeropage import SetupHeader
@@ -41,7 +41,7 @@ def payload(bzimage: bytes) -> bytes:
     """The compressed kernel inside a bzImage."""
     parse_bzimage(bzimage)  # checks the header, raises KernelFormatError
     hdr = SetupHeader.parse(bzimage)
-    start = ((hdr.setup_sects or DEFAULT_SETUP_SECTS) + 1) * SECTOR + hdr.payload_offset
+    start = setup_size(hdr) + hdr.payload_offset
     end = start + hdr.payload_length
     if hdr.payload_length == 0 or end > len(bzimage):
         raise KernelFormatError("bzImage has no payload inside the file (payload_offset/length)")
