@@ -108,7 +108,7 @@ def kernel_lines(path: object, kernel: KernelImage) -> list[str]:
         lines.append("setup header fields read (Documentation/arch/x86/boot.rst):")
         for name, meaning in SETUP_HEADER_MEANING.items():
             value = getattr(hdr, name)
-            shown = f"{value >> 8}.{value & 0xFF:02d}" if name == "version" else f"{value:#x}"
+            shown = hdr.protocol if name == "version" else f"{value:#x}"
             lines.append(f"  {name:<19} {shown:<12} {meaning}")
     limit = kernel.initrd_addr_max + 1
     lines.append(f"command line limit {kernel.cmdline_max} bytes; initrd below {limit:#x}")

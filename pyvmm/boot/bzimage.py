@@ -54,10 +54,9 @@ def parse_bzimage(data: bytes) -> KernelImage:
         )
     if hdr.boot_flag != BOOT_FLAG:
         raise KernelFormatError(f"bzImage boot_flag is {hdr.boot_flag:#06x}, expected 0xaa55")
-    version = f"{hdr.version >> 8}.{hdr.version & 0xFF:02d}"
     if hdr.version < MIN_VERSION:
         raise KernelFormatError(
-            f"bzImage boot protocol {version} is too old: pyvmm needs 2.12 or newer"
+            f"bzImage boot protocol {hdr.protocol} is too old: pyvmm needs 2.12 or newer"
         )
     if not hdr.loadflags & LOADED_HIGH:
         raise KernelFormatError("zImage (loaded low) is not supported: LOADED_HIGH is not set")

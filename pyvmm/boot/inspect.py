@@ -70,8 +70,7 @@ def _elf(data: bytes) -> list[str]:
 def _bzimage(data: bytes, kernel: KernelImage) -> list[str]:
     hdr = kernel.setup_header
     assert hdr is not None
-    version = f"{hdr.version >> 8}.{hdr.version & 0xFF:02d}"
-    lines = [f"Linux boot protocol {version} (Documentation/arch/x86/boot.rst)"]
+    lines = [f"Linux boot protocol {hdr.protocol} (Documentation/arch/x86/boot.rst)"]
     release = _kernel_version(data)
     if release:
         lines.append(f"kernel version: {release}")

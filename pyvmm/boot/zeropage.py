@@ -116,6 +116,11 @@ class SetupHeader:
     init_size: int
     raw: bytes  # bytes 0x1f1 .. header_end() of the image
 
+    @property
+    def protocol(self) -> str:
+        """The boot protocol version as boot.rst writes it, e.g. "2.15"."""
+        return f"{self.version >> 8}.{self.version & 0xFF:02d}"
+
     @classmethod
     def parse(cls, image: bytes | bytearray | memoryview) -> SetupHeader:
         """Read the header of a bzImage (at least 1 KiB; the caller checks)."""
