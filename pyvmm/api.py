@@ -24,9 +24,9 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from pyvmm import console as console_io
+from pyvmm import console_backends
 from pyvmm import machine as vmm
 from pyvmm.errors import UserError
 from pyvmm.trace import parse_kinds as trace_kinds
@@ -131,7 +131,7 @@ class Machine:
         self.config = config
         self.ready = ready
         self._log_path = console_log
-        self._log: BinaryIO | None = None
+        self._log_fd = -1
         self._output = ConsoleText()
         self._lock = threading.Condition()
         self._vm = vmm.Machine(config, console=self._on_output)
@@ -170,7 +170,8 @@ class Machine:
         try:
             self._vm.build()  # bad input fails here, before the log file is created
             if self._log_path is not None:
-                self._log = open(self._log_path, "wb")  # noqa: SIM115 (closed by close())
+                # The same check and message as --console-log: a bad path is a UserError.
+                self._log_fd = console_backends.open_log(Path(self._log_path))
             self._vm.start()
         except BaseException:
             self.close()
@@ -240,9 +241,10 @@ class Machine:
             if fd >= 0:
                 os.close(fd)
         self._input_r = self._input_w = -1
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        with self._lock:  # output may still arrive from a vCPU thread
+            if self._log_fd >= 0:
+                os.close(self._log_fd)
+                self._log_fd = -1
 
     def __enter__(self) -> Machine:
         return self
@@ -255,9 +257,8 @@ class Machine:
     def _on_output(self, data: bytes) -> None:
         with self._lock:
             self._output.add(data)
-            if self._log is not None:
-                self._log.write(data)
-                self._log.flush()
+            if self._log_fd >= 0:
+                console_io.write_all(self._log_fd, data)
             # Waiters look again at each new line, and at least every
             # RECHECK_SECONDS for a partial one (a prompt): the UART hands
             # over one byte at a time.

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import os
 import time
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -11,6 +13,7 @@ from hypothesis import strategies as st
 
 import pyvmm
 from pyvmm.api import ConsoleText
+from pyvmm.errors import UserError
 from tests.guests.build import Guests
 
 pytestmark = pytest.mark.usefixtures("kvm")
@@ -52,6 +55,22 @@ def test_two_machines_in_one_process(guests: Guests) -> None:
         b.wait_for("waiting", timeout=30)
         assert "cmdline: one" in a.console and "cmdline: two" not in a.console
         assert "cmdline: two" in b.console and "cmdline: one" not in b.console
+
+
+def test_console_log_gets_the_output_and_a_bad_path_is_a_user_error(
+    guests: Guests, tmp_path: Path
+) -> None:
+    log = tmp_path / "console.log"
+    with pyvmm.Machine(kernel=guests.elf, memory="64M", console_log=log) as vm:
+        vm.start()
+        assert vm.wait(timeout=30) == 0
+    assert log.read_bytes().decode().replace("\r\n", "\n") == vm.console
+
+    fds = set(os.listdir("/proc/self/fd"))
+    bad = pyvmm.Machine(kernel=guests.elf, memory="64M", console_log=tmp_path / "no" / "log")
+    with pytest.raises(UserError, match=r"cannot write the console to .*no/log"):
+        bad.start()
+    assert set(os.listdir("/proc/self/fd")) == fds  # the VM built before the log is gone too
 
 
 @given(st.binary(max_size=300), st.lists(st.integers(0, 300), max_size=20))
