@@ -54,6 +54,54 @@ int pyvmm_cmpxchg16b(void *ptr, uint64_t *expected, uint64_t new_lo, uint64_t ne
     return swapped;
 }
 
+uint64_t pyvmm_run(int vcpu_fd, struct kvm_run *run)
+{
+    for (;;) {
+        if (ioctl(vcpu_fd, KVM_RUN, 0) < 0) {
+            if (errno == EAGAIN)
+                continue;
+            if (errno == EINTR)
+                return KVM_EXIT_INTR;
+            return PYVMM_RUN_ERROR | (uint64_t)errno << 8;
+        }
+        uint32_t reason = run->exit_reason;
+        if (reason == KVM_EXIT_IO && run->io.count == 1 && run->io.size <= 4) {
+            uint64_t packed = reason | PYVMM_RUN_PIO | (uint64_t)run->io.size << 12 |
+                              (uint64_t)run->io.port << 16;
+            if (run->io.direction == KVM_EXIT_IO_OUT) {
+                uint32_t value = 0;
+                memcpy(&value, (char *)run + run->io.data_offset, run->io.size);
+                packed |= PYVMM_RUN_OUT | (uint64_t)value << 32;
+            } else {
+                packed |= (uint64_t)run->io.data_offset << 32;
+            }
+            return packed;
+        }
+        return reason & 0xff;
+    }
+}
+
+int pyvmm_coalesced_drain(void *ring_page, struct pyvmm_coalesced *out, int max)
+{
+    struct kvm_coalesced_mmio_ring *ring = ring_page;
+    const uint32_t slots = (4096 - sizeof(*ring)) / sizeof(struct kvm_coalesced_mmio);
+    uint32_t first = ring->first;
+    uint32_t last = __atomic_load_n(&ring->last, __ATOMIC_ACQUIRE);
+    int n = 0;
+
+    while (first != last && n < max && first < slots) {
+        struct kvm_coalesced_mmio *e = &ring->coalesced_mmio[first];
+        out[n].addr = e->phys_addr;
+        out[n].len = e->len > 8 ? 8 : e->len;
+        out[n].pio = e->pio;
+        memcpy(out[n].data, e->data, 8);
+        n++;
+        first = (first + 1) % slots;
+    }
+    __atomic_store_n(&ring->first, first, __ATOMIC_RELEASE);
+    return n;
+}
+
 long pyvmm_bench_io_loop(int vcpu_fd, struct kvm_run *run)
 {
     long exits = 0;

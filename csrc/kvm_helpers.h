@@ -26,7 +26,40 @@ int pyvmm_install_kick_handler(void);
 int pyvmm_cmpxchg16b(void *ptr, uint64_t *expected, uint64_t new_lo, uint64_t new_hi);
 
 /*
- * For bench/exit_cost.py only: run a vCPU until it halts, doing nothing for
+ * KVM_RUN for the vCPU loop, with the exit packed into one integer so that
+ * the common exit, one port access, costs Python a single call:
+ *   bits 0-7    the exit reason (KVM_EXIT_*), or PYVMM_RUN_ERROR with the
+ *               errno in bits 8-31; EINTR comes back as KVM_EXIT_INTR, and
+ *               EAGAIN (a vCPU woken while it waits for INIT/SIPI) is retried;
+ *   bit  8      PYVMM_RUN_PIO: KVM_EXIT_IO of one access of 1, 2 or 4 bytes
+ *   bit  9      PYVMM_RUN_OUT: it is an out
+ *   bits 12-15  its size; bits 16-31 its port;
+ *   bits 32-63  the value written (out), or where in the vCPU mapping the
+ *               value read goes (in: run->io.data_offset).
+ * Any other exit is read from struct kvm_run as usual.
+ */
+#define PYVMM_RUN_ERROR 255
+#define PYVMM_RUN_PIO 256
+#define PYVMM_RUN_OUT 512
+uint64_t pyvmm_run(int vcpu_fd, struct kvm_run *run);
+
+/* One coalesced MMIO or PIO write, copied out of KVM's ring. */
+struct pyvmm_coalesced {
+    uint64_t addr;
+    uint32_t len;
+    uint32_t pio;
+    uint8_t data[8];
+};
+
+/*
+ * Take up to max entries from the coalesced MMIO/PIO ring (the page at
+ * KVM_COALESCED_MMIO_PAGE_OFFSET of a vCPU mapping) into out, oldest first,
+ * and give their slots back to KVM. Returns how many were taken.
+ */
+int pyvmm_coalesced_drain(void *ring_page, struct pyvmm_coalesced *out, int max);
+
+/*
+ * For bench/run.py only: run a vCPU until it halts, doing nothing for
  * its port I/O exits, so that pyvmm's Python exit handling can be timed
  * against a loop with no Python in it. Returns the number of port I/O
  * exits, -errno if KVM_RUN failed, or -EPROTO on any other kind of exit.

@@ -14,7 +14,7 @@ from typing import Any
 
 from pyvmm.kvm._kvm import ffi, lib
 
-__all__ = ["KvmError", "ffi", "ioctl", "ioctl_val", "lib"]
+__all__ = ["KvmError", "ffi", "get_struct", "ioctl", "ioctl_val", "lib", "set_struct"]
 
 
 class KvmError(OSError):
@@ -44,3 +44,22 @@ def ioctl_val(fd: int, request: str, value: int = 0) -> int:
     if ret < 0:
         raise KvmError(request, -ret)
     return ret
+
+
+def get_struct(fd: int, request: str, ctype: str, init: dict[str, int] | None = None) -> bytes:
+    """ioctl(fd, request, &struct) for a request that fills a struct; the
+    struct's bytes as the kernel's ABI lays them out (for saved state)."""
+    obj = ffi.new(f"{ctype} *", init or {})
+    ioctl(fd, request, obj)
+    return bytes(ffi.buffer(obj))
+
+
+def set_struct(fd: int, request: str, ctype: str, data: bytes) -> None:
+    """ioctl(fd, request, &struct) with a struct given as its bytes; raises
+    ValueError when they are not exactly the struct's size."""
+    obj = ffi.new(f"{ctype} *")
+    buf = ffi.buffer(obj)
+    if len(data) != len(buf):
+        raise ValueError(f"{ctype} is {len(buf)} bytes, got {len(data)}")
+    buf[:] = data
+    ioctl(fd, request, obj)

@@ -7,11 +7,23 @@ import mmap
 import os
 from typing import Any
 
-from pyvmm.kvm.ioctl import KvmError, ffi, ioctl, lib
+from pyvmm.kvm.ioctl import KvmError, ffi, get_struct, ioctl, lib, set_struct
 
 __all__ = ["Vcpu"]
 
 _KVM_RUN = lib.KVM_RUN
+
+#: Per-vCPU state saved as whole structs: name -> (ioctl suffix, C type).
+STATE_STRUCTS = {
+    "regs": ("REGS", "struct kvm_regs"),
+    "sregs": ("SREGS", "struct kvm_sregs"),
+    "fpu": ("FPU", "struct kvm_fpu"),
+    "lapic": ("LAPIC", "struct kvm_lapic_state"),
+    "events": ("VCPU_EVENTS", "struct kvm_vcpu_events"),
+    "mp_state": ("MP_STATE", "struct kvm_mp_state"),
+    "debugregs": ("DEBUGREGS", "struct kvm_debugregs"),
+    "xcrs": ("XCRS", "struct kvm_xcrs"),
+}
 
 
 class Vcpu:
@@ -26,13 +38,22 @@ class Vcpu:
         self.run_struct: Any = ffi.from_buffer("struct kvm_run *", self._mapping)
         #: The whole mapping, for data KVM places after the struct (PIO data).
         self.run_page = memoryview(self._mapping)
+        #: The CPUID table given with KVM_SET_CPUID2 (KVM cannot give it back).
+        self.cpuid: list[Any] = []
+
+    @property
+    def cpuid_count(self) -> int:
+        return len(self.cpuid)
 
     # -- running ---------------------------------------------------------
 
     def run(self) -> int:
         """KVM_RUN; returns the exit reason. A signal or ``immediate_exit``
         that interrupts the call is reported as KVM_EXIT_INTR."""
-        ret = lib.pyvmm_ioctl(self.fd, _KVM_RUN, ffi.NULL)
+        while True:
+            ret = lib.pyvmm_ioctl(self.fd, _KVM_RUN, ffi.NULL)
+            if ret != -errno.EAGAIN:  # a vCPU woken while it waits for INIT/SIPI
+                break
         if ret < 0:
             if ret == -errno.EINTR:
                 return int(lib.KVM_EXIT_INTR)
@@ -127,6 +148,7 @@ class Vcpu:
             c.function, c.index, c.flags = e.function, e.index, e.flags
             c.eax, c.ebx, c.ecx, c.edx = e.eax, e.ebx, e.ecx, e.edx
         ioctl(self.fd, "KVM_SET_CPUID2", cpuid)
+        self.cpuid = list(entries)
 
     def get_lapic(self) -> bytes:
         """KVM_GET_LAPIC: the local APIC's register page."""
@@ -157,6 +179,47 @@ class Vcpu:
 
     def set_vcpu_events(self, events: Any) -> None:
         ioctl(self.fd, "KVM_SET_VCPU_EVENTS", events)
+
+    # -- saved state: each struct as its bytes (the kernel's x86-64 ABI) -----
+
+    def get_state(self, what: str) -> bytes:
+        """One of :data:`STATE_STRUCTS` ("regs", "sregs", "fpu", "lapic",
+        "events", "mp_state", "debugregs", "xcrs") as the struct's bytes."""
+        request, ctype = STATE_STRUCTS[what]
+        return get_struct(self.fd, f"KVM_GET_{request}", ctype)
+
+    def set_state(self, what: str, data: bytes) -> None:
+        request, ctype = STATE_STRUCTS[what]
+        set_struct(self.fd, f"KVM_SET_{request}", ctype, data)
+
+    def get_xsave_state(self, size: int) -> bytes:
+        """The whole XSAVE area: KVM_GET_XSAVE2 when KVM_CAP_XSAVE2 says it is
+        larger than struct kvm_xsave (AMX), else KVM_GET_XSAVE."""
+        xsave = ffi.new("struct kvm_xsave *")
+        base = ffi.sizeof(xsave[0])
+        if size <= base:
+            ioctl(self.fd, "KVM_GET_XSAVE", xsave)
+            return bytes(ffi.buffer(xsave))
+        buf = ffi.new("char[]", size)
+        ioctl(self.fd, "KVM_GET_XSAVE2", buf)
+        return bytes(ffi.buffer(buf))
+
+    def set_xsave_state(self, data: bytes) -> None:
+        base = ffi.sizeof("struct kvm_xsave")
+        buf = ffi.new("char[]", max(len(data), base))
+        ffi.buffer(buf)[0 : len(data)] = data
+        ioctl(self.fd, "KVM_SET_XSAVE", ffi.cast("struct kvm_xsave *", buf))
+
+    def get_tsc_khz(self) -> int:
+        return ioctl(self.fd, "KVM_GET_TSC_KHZ")
+
+    def set_tsc_khz(self, khz: int) -> None:
+        lib.pyvmm_ioctl_val(self.fd, lib.KVM_SET_TSC_KHZ, khz)
+
+    def kvmclock_ctrl(self) -> bool:
+        """KVM_KVMCLOCK_CTRL: tell the guest it was paused (no soft-lockup
+        warnings for the time it stood still); False if the guest has no kvmclock."""
+        return bool(lib.pyvmm_ioctl(self.fd, lib.KVM_KVMCLOCK_CTRL, ffi.NULL) == 0)
 
     def set_guest_debug(self, control: int, debugreg: list[int] | None = None) -> None:
         """KVM_SET_GUEST_DEBUG: single-stepping and hardware breakpoints

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
-from pyvmm.kvm.ioctl import ffi, ioctl, ioctl_val
+from pyvmm.kvm.ioctl import ffi, get_struct, ioctl, ioctl_val, lib, set_struct
 from pyvmm.kvm.vcpu import Vcpu
 
 __all__ = ["Vm"]
@@ -58,6 +59,91 @@ class Vm:
         # A fresh struct per call: device threads may raise lines concurrently.
         line = ffi.new("struct kvm_irq_level *", {"irq": irq, "level": 1 if level else 0})
         ioctl(self.fd, "KVM_IRQ_LINE", line)
+
+    # -- saved state -----------------------------------------------------
+
+    def get_irqchip(self, chip_id: int) -> bytes:
+        """KVM_GET_IRQCHIP: one of the PICs or the I/O APIC as struct bytes."""
+        return get_struct(self.fd, "KVM_GET_IRQCHIP", "struct kvm_irqchip", {"chip_id": chip_id})
+
+    def set_irqchip(self, data: bytes) -> None:
+        set_struct(self.fd, "KVM_SET_IRQCHIP", "struct kvm_irqchip", data)
+
+    def get_pit2(self) -> bytes:
+        return get_struct(self.fd, "KVM_GET_PIT2", "struct kvm_pit_state2")
+
+    def set_pit2(self, data: bytes) -> None:
+        set_struct(self.fd, "KVM_SET_PIT2", "struct kvm_pit_state2", data)
+
+    def get_clock(self) -> tuple[int, int, int]:
+        """KVM_GET_CLOCK: (kvmclock ns, flags, host CLOCK_REALTIME ns when
+        the flags have KVM_CLOCK_REALTIME)."""
+        data = ffi.new("struct kvm_clock_data *")
+        ioctl(self.fd, "KVM_GET_CLOCK", data)
+        return int(data.clock), int(data.flags), int(data.realtime)
+
+    def set_clock(self, clock: int, realtime: int = 0) -> None:
+        """KVM_SET_CLOCK. With ``realtime`` (host CLOCK_REALTIME ns when
+        ``clock`` was read), KVM advances the clock by the host time since:
+        the KVM_CLOCK_REALTIME flag (KVM API, 4.115)."""
+        flags = lib.KVM_CLOCK_REALTIME if realtime else 0
+        data = ffi.new(
+            "struct kvm_clock_data *", {"clock": clock, "flags": flags, "realtime": realtime}
+        )
+        ioctl(self.fd, "KVM_SET_CLOCK", data)
+
+    # -- dirty pages -----------------------------------------------------
+
+    def get_dirty_log(self, slot: int, bitmap: Any) -> None:
+        """KVM_GET_DIRTY_LOG into ``bitmap`` (a cffi buffer, one bit per page)."""
+        log = ffi.new("struct kvm_dirty_log *", {"slot": slot, "dirty_bitmap": bitmap})
+        ioctl(self.fd, "KVM_GET_DIRTY_LOG", log)
+
+    def clear_dirty_log(self, slot: int, first_page: int, num_pages: int, bitmap: Any) -> None:
+        """KVM_CLEAR_DIRTY_LOG (with KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 on)."""
+        log = ffi.new(
+            "struct kvm_clear_dirty_log *",
+            {
+                "slot": slot,
+                "first_page": first_page,
+                "num_pages": num_pages,
+                "dirty_bitmap": bitmap,
+            },
+        )
+        ioctl(self.fd, "KVM_CLEAR_DIRTY_LOG", log)
+
+    def enable_cap(self, cap: int, arg0: int = 0) -> None:
+        ioctl(
+            self.fd,
+            "KVM_ENABLE_CAP",
+            ffi.new("struct kvm_enable_cap *", {"cap": cap, "args": [arg0]}),
+        )
+
+    # -- notifications without exits ---------------------------------------
+
+    def ioeventfd(
+        self, fd: int, addr: int, size: int, pio: bool = False, deassign: bool = False
+    ) -> None:
+        """KVM_IOEVENTFD: a guest write of ``size`` bytes at ``addr`` signals
+        eventfd ``fd`` inside KVM instead of exiting to pyvmm."""
+        flags = (lib.KVM_IOEVENTFD_FLAG_PIO if pio else 0) | (
+            lib.KVM_IOEVENTFD_FLAG_DEASSIGN if deassign else 0
+        )
+        ev = ffi.new(
+            "struct kvm_ioeventfd *", {"addr": addr, "len": size, "fd": fd, "flags": flags}
+        )
+        ioctl(self.fd, "KVM_IOEVENTFD", ev)
+
+    def irqfd(self, fd: int, gsi: int, resample_fd: int = -1, deassign: bool = False) -> None:
+        """KVM_IRQFD: signalling eventfd ``fd`` raises GSI ``gsi`` inside KVM.
+        With ``resample_fd`` the line is level-triggered: KVM lowers it when
+        the guest acknowledges it and signals ``resample_fd``."""
+        flags = lib.KVM_IRQFD_FLAG_DEASSIGN if deassign else 0
+        init = {"fd": fd, "gsi": gsi, "flags": flags}
+        if resample_fd >= 0 and not deassign:
+            init["flags"] |= lib.KVM_IRQFD_FLAG_RESAMPLE
+            init["resamplefd"] = resample_fd
+        ioctl(self.fd, "KVM_IRQFD", ffi.new("struct kvm_irqfd *", init))
 
     def create_vcpu(self, vcpu_id: int) -> Vcpu:
         """KVM_CREATE_VCPU, then map its ``struct kvm_run``."""
