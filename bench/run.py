@@ -2,10 +2,11 @@
 
     python bench/run.py [--runs 3] [--only exits,boot,memory,serial] [--guest auto]
 
-- exits: time per port-I/O exit handled by pyvmm's Python path (machine.port_io,
-  the port bus, the UART's scratch register), next to a C loop that runs the
-  same guest on the same vCPU and does nothing per exit; the ratio is the
-  figure. The guest is a few instructions: ``out`` in a loop, then ``hlt``.
+- exits: time per port-I/O exit handled by pyvmm's vCPU loop
+  (``vmm.vcpu.run_lean``: ``pyvmm_run``, ``ExitHandler.port``, the port bus,
+  the UART's scratch register), next to a C loop that runs the same guest on
+  the same vCPU and does nothing per exit; the ratio is the figure. The guest
+  is a few instructions: ``out`` in a loop, then ``hlt``.
 - boot: ``pyvmm run`` of the default guest: time from process start to the
   first line /init prints, the guest's own uptime in that line, and pyvmm's
   peak RSS beyond guest memory (sampled from /proc/PID/smaps: all resident
@@ -39,8 +40,11 @@ sys.path.insert(0, str(ROOT))  # for tests.guests, which builds the test guest
 from pyvmm.arch.x86_64 import cpuid, regs  # noqa: E402
 from pyvmm.devices.bus import Bus  # noqa: E402
 from pyvmm.kvm import Kvm, lib  # noqa: E402
-from pyvmm.machine import add_legacy_devices, port_io  # noqa: E402
-from pyvmm.memory import GuestMemory  # noqa: E402
+from pyvmm.memory import GuestMemory, Range  # noqa: E402
+from pyvmm.vmm.device_manager import DeviceManager, PcEvents, add_pc_devices  # noqa: E402
+from pyvmm.vmm.ending import Ending, Outcome  # noqa: E402
+from pyvmm.vmm.exits import ExitHandler  # noqa: E402
+from pyvmm.vmm.vcpu import run_lean  # noqa: E402
 
 BANNER = re.compile(rb"pyvmm guest: Linux (\S+), up ([0-9.]+) s")
 MiB = 1 << 20
@@ -64,7 +68,7 @@ CODE_ADDR = 0x100000
 
 def exit_cost(runs: int, exits: int = 20000) -> None:
     """Alternate C and Python runs of the same guest on one vCPU."""
-    with Kvm() as kvm, GuestMemory(4 * MiB) as memory:
+    with Kvm() as kvm, GuestMemory([Range(0, 4 * MiB)]) as memory:
         vm = kvm.create_vm()  # no in-kernel irqchip: HLT comes back to us
         try:
             memory.register(vm)
@@ -72,21 +76,27 @@ def exit_cost(runs: int, exits: int = 20000) -> None:
             memory.write(CODE_ADDR, exit_loop_code(exits))
             vcpu = vm.create_vcpu(0)
             vcpu.set_cpuid2(cpuid.vcpu_cpuid(kvm.supported_cpuid(), apic_id=0, nr_vcpus=1))
-            bus = Bus("port I/O")
-            add_legacy_devices(bus, lambda data: None, lambda irq, level: None, lambda e: None)
+            pio, mmio = Bus("port I/O"), Bus("MMIO")
+            events = PcEvents(lambda: None, lambda: None, lambda: None)
+            add_pc_devices(DeviceManager(pio, mmio, lambda irq, level: None), lambda d: None,
+                           lambda: 1 << 30, events)  # fmt: skip
+            ended: list[Outcome] = []
+
+            def stop(outcome: Outcome) -> None:  # the HLT at the end: leave the loop
+                ended.append(outcome)
+                vcpu.run_struct.immediate_exit = 1
+
+            handler = ExitHandler(pio, mmio, stop)
 
             def in_c() -> int:
                 return int(lib.pyvmm_bench_io_loop(vcpu.fd, vcpu.run_struct))
 
             def in_python() -> int:
-                run, page, n = vcpu.run_struct, vcpu.run_page, 0
-                while (reason := vcpu.run()) == lib.KVM_EXIT_IO:
-                    io = run.io
-                    out = io.direction == lib.KVM_EXIT_IO_OUT
-                    port_io(bus, out, io.port, io.size, io.count, page, io.data_offset)
-                    n += 1
-                assert reason == lib.KVM_EXIT_HLT, reason
-                return n
+                ended.clear()
+                run_lean(vcpu, handler)  # the vCPU thread's own loop, until the HLT
+                vcpu.run_struct.immediate_exit = 0
+                assert [o.ending for o in ended] == [Ending.HALTED], ended
+                return exits
 
             timings: dict[str, list[float]] = {"C": [], "Python": []}
             for _ in range(runs):

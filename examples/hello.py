@@ -9,7 +9,7 @@ import sys
 
 from pyvmm.arch.x86_64 import cpuid, regs
 from pyvmm.kvm import Kvm, lib
-from pyvmm.memory import GuestMemory
+from pyvmm.memory import GuestMemory, Range
 
 CODE = 0x100000  # guest-physical (and, identity-mapped, virtual) address of the code
 GUEST = (
@@ -23,7 +23,7 @@ GUEST = (
 
 
 def main() -> None:
-    with Kvm() as kvm, GuestMemory(4 << 20) as memory:
+    with Kvm() as kvm, GuestMemory([Range(0, 4 << 20)]) as memory:
         vm = kvm.create_vm()  # KVM_CREATE_VM: no irqchip, so HLT exits to us too
         memory.register(vm)  # the 4 MiB of RAM become memory slot 0
         regs.write_boot_tables(memory)  # a GDT and page tables for 64-bit mode

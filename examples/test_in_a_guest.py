@@ -30,10 +30,10 @@ def test_ship_a_script_into_the_guest(
     script = tmp_path / "check.sh"
     script.write_text('#!/bin/sh\necho "running on $(uname -m)"\nexit 4\n')
     script.chmod(0o755)
-    vm = pyvmm_factory(memory="256M", extra_files={script: "/usr/local/bin/check"})
-    vm.start()
+    guest = pyvmm_factory(memory="256M", extra_files={script: "/usr/local/bin/check"})
+    guest.start()
     # The default guest's PATH is /bin:/sbin, so call it by its full path.
-    result = vm.run("/usr/local/bin/check", timeout=600)  # the timeout covers the boot too
+    result = guest.run("/usr/local/bin/check", timeout=600)  # the timeout covers the boot too
     assert result.output == "running on x86_64\n"
     assert result.status == 4
-    assert vm.shutdown(timeout=120) == 0  # poweroff: exit status 0
+    assert guest.shutdown(timeout=120) == 0  # poweroff: exit status 0

@@ -1,8 +1,8 @@
 """The Python API for driving a guest from tests and scripts.
 
-    with pyvmm.Machine(memory="256M") as vm:
-        vm.start()
-        result = vm.run("uname -r", timeout=300)
+    with pyvmm.Machine(memory="256M") as guest:
+        guest.start()
+        result = guest.run("uname -r", timeout=300)
         assert result.status == 0
 
 A :class:`Machine` boots in background threads; its console output is
@@ -10,26 +10,31 @@ collected as it arrives (:attr:`Machine.console`) and its input is fed
 through the UART like typed keys. :meth:`Machine.run` runs one shell command
 in the guest's shell and returns its output and exit status. Every wait has a
 timeout, and a timeout raises :class:`GuestTimeout` with the last console
-lines in its message. Machines are independent: several can run at once in
-one process.
+lines in its message. :meth:`Machine.pause` stops every vCPU and
+:meth:`Machine.resume` lets them go on. Machines are independent: several
+can run at once in one process.
 """
 
 from __future__ import annotations
 
 import codecs
+import contextlib
 import os
 import re
+import select
 import threading
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyvmm import console as console_io
-from pyvmm import console_backends
-from pyvmm import machine as vmm
+from pyvmm import launch
+from pyvmm.console.session import ConsoleSession
 from pyvmm.errors import UserError
-from pyvmm.trace import parse_kinds as trace_kinds
+from pyvmm.vmm import builder
+from pyvmm.vmm.config import MachineConfig, parse_trace
+from pyvmm.vmm.ending import Ending, Outcome
+from pyvmm.vmm.lifecycle import Vmm
 
 #: What the default guest's /init prints once userspace runs.
 READY = r"pyvmm guest: Linux \S+, up [0-9.]+ s"
@@ -88,14 +93,6 @@ class RunResult:
     duration: float
 
 
-def _parse_memory(memory: int | str) -> int:
-    if isinstance(memory, int):
-        return memory
-    from pyvmm.cli import parse_size  # the same rules as --memory
-
-    return parse_size(memory)
-
-
 class Machine:
     """One guest, driven from Python. Keyword arguments mirror ``pyvmm run``;
     without ``kernel`` the default guest is used. ``extra_files`` maps host
@@ -104,7 +101,7 @@ class Machine:
 
     def __init__(
         self,
-        config: vmm.MachineConfig | None = None,
+        config: MachineConfig | None = None,
         *,
         kernel: str | os.PathLike[str] | None = None,
         initrd: str | os.PathLike[str] | None = None,
@@ -119,82 +116,88 @@ class Machine:
         ready: str = READY,
     ) -> None:
         if config is None:
-            config = self._default_config(kernel, initrd, cmdline, memory, cpus, guest)
-        config.trace = config.trace or trace_kinds(trace)
+            config = launch.make_config(kernel, initrd, cmdline, memory, cpus, guest)
+        config.trace = config.trace or parse_trace(trace)
         config.stats = config.stats or stats
         if extra_files:
             from pyvmm.images import extra
 
             if config.initrd is None:
                 raise UserError("extra_files needs an initramfs to add them to")
-            config.initrd = extra.with_files(Path(config.initrd), extra_files)
+            config.initrd = extra.with_files(Path(config.initrd), extra_files, config.memory)
         self.config = config
         self.ready = ready
         self._log_path = console_log
-        self._log_fd = -1
         self._output = ConsoleText()
         self._lock = threading.Condition()
-        self._vm = vmm.Machine(config, console=self._on_output)
-        self._input_r, self._input_w = os.pipe()
-        self._pump: console_io.InputPump | None = None
-        self._result: vmm.VmExit | None = None
+        self._session = ConsoleSession()
+        self._session.add_listener(self._on_output)
+        self._vmm: Vmm | None = None
+        self._input_w = -1
+        self._result: Outcome | None = None
         self._waiter: threading.Thread | None = None
         self._shell_ready = False
-
-    @staticmethod
-    def _default_config(
-        kernel: str | os.PathLike[str] | None,
-        initrd: str | os.PathLike[str] | None,
-        cmdline: str,
-        memory: int | str,
-        cpus: int,
-        guest: str,
-    ) -> vmm.MachineConfig:
-        if kernel is None:
-            from pyvmm.arch.x86_64 import pvm
-            from pyvmm.images import default
-
-            g = default.default_guest(guest, pvm_host=pvm.host_is_pvm())
-            kernel = g.kernel
-            initrd = initrd if initrd is not None else g.initrd
-            cmdline = f"{g.cmdline} {cmdline}".strip()
-        return vmm.MachineConfig(
-            kernel=kernel, initrd=initrd, cmdline=cmdline, memory=_parse_memory(memory), cpus=cpus
-        )
+        self._close_lock = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------
 
     def start(self) -> Machine:
         """Boot in the background and return at once. On bad input
         (UserError) nothing is left open."""
+        if self._vmm is not None:
+            raise RuntimeError("this machine was already started")
         try:
-            self._vm.build()  # bad input fails here, before the log file is created
-            if self._log_path is not None:
-                # The same check and message as --console-log: a bad path is a UserError.
-                self._log_fd = console_backends.open_log(Path(self._log_path))
-            self._vm.start()
+            # Bad input fails here, before the log file is created.
+            self._vmm = builder.build_for_boot(self.config, self._session.port())
+            self._run()
         except BaseException:
             self.close()
             raise
-        com1 = self._vm.com1
-        assert com1 is not None
-        self._pump = console_io.InputPump(
-            self._input_r, com1, com1.rx_space, escapes=False, on_action=lambda a: None
-        )
-        self._pump.start()
-        self._waiter = threading.Thread(target=self._wait_end, name="pyvmm-api-wait", daemon=True)
-        self._waiter.start()
         return self
 
+    def _run(self) -> None:
+        """Wire the console of the built machine and start it."""
+        vmm = self._vmm
+        assert vmm is not None and vmm.com1 is not None
+        self._session.attach(vmm.com1, vmm.com1.tx_ready)
+        if self._log_path is not None:
+            # The same check and message as --console-log: a bad path is a UserError.
+            self._session.add_file(Path(self._log_path), append=False)
+        vmm.start()
+        read, self._input_w = os.pipe()
+        os.set_blocking(self._input_w, False)
+        self._session.add_input(read)
+        self._waiter = threading.Thread(target=self._wait_end, name="pyvmm-api-wait", daemon=True)
+        self._waiter.start()
+
     def _wait_end(self) -> None:
-        result = self._vm.wait()
+        assert self._vmm is not None
+        result = self._vmm.wait()
         with self._lock:
             self._result = result
             self._lock.notify_all()
 
+    def pause(self) -> None:
+        """Stop every vCPU; returns once none is running guest code."""
+        if self._vmm is None:
+            raise RuntimeError("the machine has not been started")
+        self._vmm.pause()
+
+    def resume(self) -> None:
+        """Let the vCPUs run on after :meth:`pause`."""
+        if self._vmm is not None:
+            self._vmm.resume()
+
     def exit_stats(self) -> str | None:
-        """With ``stats=True``: the table ``pyvmm run --stats`` prints."""
-        return self._vm.exit_stats()
+        """With ``stats=True``: the table ``pyvmm run --stats`` prints (empty
+        before the machine starts)."""
+        if self._vmm is not None:
+            return self._vmm.exit_stats()
+        if self.config.stats:
+            from pyvmm.vmm.exit_log import ExitLog
+
+            return ExitLog(count=True).table()
+        return None
 
     @property
     def exit_status(self) -> int | None:
@@ -204,7 +207,8 @@ class Machine:
             return self._result.status if self._result is not None else None
 
     @property
-    def exit(self) -> vmm.VmExit | None:
+    def outcome(self) -> Outcome | None:
+        """How the guest ended (an :class:`~pyvmm.vmm.ending.Outcome`), or None."""
         with self._lock:
             return self._result
 
@@ -227,24 +231,20 @@ class Machine:
                 pass
         self.close()
         status = self.exit_status
-        return status if status is not None else vmm.ExitKind.INTERRUPTED.status
+        return status if status is not None else Ending.INTERRUPTED.status
 
     def close(self) -> None:
-        """Stop the guest if it still runs and release everything."""
-        self._vm.close()
-        if self._waiter is not None:
-            self._waiter.join(timeout=10)
-        if self._pump is not None:
-            self._pump.stop()
-            self._pump = None
-        for fd in (self._input_r, self._input_w):
-            if fd >= 0:
-                os.close(fd)
-        self._input_r = self._input_w = -1
-        with self._lock:  # output may still arrive from a vCPU thread
-            if self._log_fd >= 0:
-                os.close(self._log_fd)
-                self._log_fd = -1
+        """Stop the guest if it still runs and release everything. Safe from
+        any thread, any number of times."""
+        with self._close_lock:
+            if self._vmm is not None:
+                self._vmm.close()
+            if self._waiter is not None and self._waiter is not threading.current_thread():
+                self._waiter.join(timeout=10)
+            if self._input_w >= 0:
+                os.close(self._input_w)  # the reader sees the end and closes its side
+                self._input_w = -1
+            self._session.close()
 
     def __enter__(self) -> Machine:
         return self
@@ -257,8 +257,6 @@ class Machine:
     def _on_output(self, data: bytes) -> None:
         with self._lock:
             self._output.add(data)
-            if self._log_fd >= 0:
-                console_io.write_all(self._log_fd, data)
             # Waiters look again at each new line, and at least every
             # RECHECK_SECONDS for a partial one (a prompt): the UART hands
             # over one byte at a time.
@@ -304,9 +302,28 @@ class Machine:
                     )
                 self._lock.wait(min(left, RECHECK_SECONDS))
 
-    def send(self, text: str | bytes) -> None:
-        """Type ``text`` into the guest's console."""
-        console_io.write_all(self._input_w, text.encode() if isinstance(text, str) else text)
+    def send(self, text: str | bytes, timeout: float = DEFAULT_TIMEOUT) -> None:
+        """Type ``text`` into the guest's console. Input waits in a pipe of
+        64 KiB until the guest reads it; raises GuestTimeout if the guest
+        has not taken it all within ``timeout``."""
+        if self._input_w < 0:
+            raise GuestExited("the machine is not running")
+        view = memoryview(text.encode() if isinstance(text, str) else text)
+        deadline = time.monotonic() + timeout
+        while view:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise GuestTimeout(
+                    self._timeout_message(
+                        f"the guest did not read {len(view)} bytes of input in {timeout} s"
+                    )
+                )
+            _, writable, _ = select.select([], [self._input_w], [], min(left, RECHECK_SECONDS * 4))
+            if writable:
+                with contextlib.suppress(BlockingIOError):
+                    view = view[os.write(self._input_w, view) :]
+            elif self.exit_status is not None:
+                raise GuestExited(self._timeout_message("the guest ended while input was pending"))
 
     # -- commands --------------------------------------------------------
 

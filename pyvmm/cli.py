@@ -4,49 +4,27 @@
 
 Exit status: 0 when the guest resets or powers off, 2 for bad input, and a
 status of its own for each way a guest can fail (see README.md).
+
+Only what the command in hand needs is imported: ``pyvmm run`` never loads
+the image builders unless it boots the default guest, nor the tracing
+unless asked.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
-import re
 import signal
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from pyvmm import console, console_backends, trace
-from pyvmm.arch.x86_64 import pvm
-from pyvmm.boot import inspect as kernel_inspect
 from pyvmm.errors import UserError
-from pyvmm.images import default
-from pyvmm.images.default import GUEST_KINDS
-from pyvmm.machine import ExitKind, Machine, MachineConfig, VmExit
+from pyvmm.images import GUEST_KINDS
 
 EXIT_USAGE = 2
 EXIT_VMM_ERROR = 1
-
-_UNITS = {"": 1 << 20, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
-def parse_size(text: str) -> int:
-    """A memory size: a whole number with an optional K, M, G or T suffix
-    (binary units); a bare number means MiB, as in QEMU."""
-    m = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
-    if not m:
-        raise UserError(f"invalid memory size {text!r}: use a number with K, M, G or T, e.g. 512M")
-    size = int(m.group(1)) * _UNITS[m.group(2).upper()]
-    if size == 0:
-        raise UserError("memory size must be greater than 0")
-    return size
-
-
-def host_memory() -> int:
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -118,6 +96,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _images(which: list[str]) -> int:
     """``pyvmm images``: bring each image up to date and say where it is."""
+    from pyvmm.images import default
+
     known = ["stock", "small", "initramfs"]
     if unknown := [w for w in which if w not in known]:
         raise UserError(f"unknown image {unknown[0]!r}: choose from {', '.join(known)}")
@@ -133,130 +113,33 @@ def _images(which: list[str]) -> int:
     return 0
 
 
-def _config(args: argparse.Namespace) -> MachineConfig:
-    memory = parse_size(args.memory)
-    if memory > host_memory():
-        raise UserError(
-            f"--memory {args.memory} is more than this host's {host_memory() >> 20} MiB of RAM"
-        )
-    try:
-        cpus = int(args.cpus)
-    except ValueError:
-        raise UserError(f"invalid --cpus {args.cpus!r}: give a whole number") from None
-    kernel, initrd, cmdline = args.kernel, args.initrd, args.cmdline
-    if kernel is None:
-        guest = default.default_guest(args.guest, pvm_host=pvm.host_is_pvm())
-        print(f"pyvmm: booting {guest.description}", file=sys.stderr, flush=True)
-        kernel = guest.kernel
-        initrd = initrd if initrd is not None else guest.initrd
-        cmdline = f"{guest.cmdline} {cmdline}".strip()
-    return MachineConfig(
-        kernel=kernel,
-        initrd=initrd,
-        cmdline=cmdline,
-        memory=memory,
-        cpus=cpus,
-        debug=args.debug,
-        trace=trace.parse_kinds(args.trace),
-        stats=args.stats,
+def _stderr(text: str) -> None:
+    sys.stderr.write(text)
+    sys.stderr.flush()
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pyvmm import launch
+    from pyvmm.console import backends
+    from pyvmm.run import run_machine
+    from pyvmm.vmm.config import parse_trace
+    from pyvmm.vmm.ending import Ending
+
+    config = launch.make_config(
+        args.kernel, args.initrd, args.cmdline, args.memory, args.cpus, args.guest, announce=True
     )
-
-
-def _stdin_fd() -> int | None:
-    try:
-        return sys.stdin.fileno() if sys.stdin is not None else None
-    except (OSError, ValueError):  # closed, or not backed by a descriptor
-        return None
-
-
-def run_machine(
-    config: MachineConfig,
-    spec: console_backends.ConsoleSpec | None = None,
-    log: Path | None = None,
-    append_log: bool = False,
-) -> VmExit:
-    """Boot the guest with its console where ``spec`` says (standard input and
-    output by default), run it to the end, and put the terminal back however
-    that end comes."""
-    spec = spec or console_backends.ConsoleSpec("stdio")
-    with contextlib.ExitStack() as stack:
-        outputs: list[Callable[[bytes], None]] = []
-
-        def out(data: bytes) -> None:
-            for write in outputs:
-                write(data)
-
-        machine = Machine(config, console=out)
-        stack.callback(machine.close)
-        # Bad input (the kernel, the initrd, sizes) is found here, before any
-        # console file is created.
-        machine.build()
-        if spec.kind == "stdio":
-            outputs.append(lambda data: console.write_all(1, data))
-        elif spec.kind == "file":
-            assert spec.path is not None
-            fd = console_backends.open_log(spec.path, append_log)
-            stack.callback(os.close, fd)
-            outputs.append(lambda data: console.write_all(fd, data))
-        if log is not None:
-            log_fd = console_backends.open_log(log, append_log)
-            stack.callback(os.close, log_fd)
-            outputs.append(lambda data: console.write_all(log_fd, data))
-        result = _run(machine, spec, outputs, stack)
-    # The terminal is back in its own mode here.
-    if (table := machine.exit_stats()) is not None:
-        print(f"pyvmm: VM exits (--stats)\n{table}", end="", file=sys.stderr)
-    return result
-
-
-def _run(
-    machine: Machine,
-    spec: console_backends.ConsoleSpec,
-    outputs: list[Callable[[bytes], None]],
-    stack: contextlib.ExitStack,
-) -> VmExit:
-    fd = _stdin_fd() if spec.kind == "stdio" else None
-    is_tty = fd is not None and os.isatty(fd)
-    endings: dict[int, VmExit] = {
-        signal.SIGTERM: VmExit(ExitKind.TERMINATED, "terminated (SIGTERM)"),
-        signal.SIGHUP: VmExit(ExitKind.HANGUP, "hung up (SIGHUP)"),
-    }
-    for sig in endings:
-        stack.callback(signal.signal, sig, signal.getsignal(sig))
-        signal.signal(sig, lambda n, _f: machine.stop(endings[n]))
-
-    def on_action(action: str) -> None:
-        if action == console.QUIT:
-            machine.stop(VmExit(ExitKind.QUIT, "quit from the console"))
-        elif action == console.SHOW_HELP:
-            os.write(1, console.HELP.encode())
-
-    if is_tty:
-        assert fd is not None
-        stack.enter_context(console.RawTerminal(fd))
-    machine.start()
-    com1 = machine.com1
-    assert com1 is not None
-
-    def pump(source: int, escapes: bool) -> None:
-        p = console.InputPump(source, com1, com1.rx_space, escapes=escapes, on_action=on_action)
-        p.start()
-        stack.callback(p.stop)
-
-    if fd is not None:
-        pump(fd, escapes=is_tty)
-    if spec.kind == "unix":
-        assert spec.path is not None
-        server = console_backends.UnixConsole(spec.path, on_client=lambda c: pump(c, False))
-        stack.callback(server.close)
-        outputs.append(server.write)  # the guest's output reaches the client from now on
-    try:
-        result = machine.wait()
-    except KeyboardInterrupt:  # SIGINT without a terminal (raw mode passes Ctrl-C on)
-        machine.stop(VmExit(ExitKind.INTERRUPTED, "interrupted"))
-        result = machine.wait()
-    assert result is not None
-    return result
+    config.debug, config.trace, config.stats = args.debug, parse_trace(args.trace), args.stats
+    spec = backends.parse(args.console)
+    log = Path(args.console_log) if args.console_log else None
+    outcome = run_machine(config, spec, log)
+    while outcome.ending is Ending.RESET and args.reboot == "restart":
+        print("pyvmm: guest rebooted; starting it again", file=sys.stderr, flush=True)
+        outcome = run_machine(config, spec, log, append_log=True)
+    if outcome.status != 0 or args.debug:
+        print(f"pyvmm: {outcome.message}", file=sys.stderr)
+        if outcome.detail and args.debug:
+            print(outcome.detail, file=sys.stderr)
+    return outcome.status
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -265,21 +148,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "images":
             return _images(args.which)
         if args.command == "inspect":
+            from pyvmm.boot import inspect as kernel_inspect
+
             print(kernel_inspect.describe(args.kernel), end="")
             return 0
-        config = _config(args)
-        spec = console_backends.parse(args.console)
-        log = Path(args.console_log) if args.console_log else None
-        result = run_machine(config, spec, log)
-        while result.kind is ExitKind.RESET and args.reboot == "restart":
-            print("pyvmm: guest rebooted; starting it again", file=sys.stderr, flush=True)
-            result = run_machine(config, spec, log, append_log=True)
+        return _run(args)
     except UserError as e:
         print(f"pyvmm: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("pyvmm: interrupted", file=sys.stderr)
-        return 130
+        return 128 + signal.SIGINT
     except Exception as e:  # a pyvmm or host failure: one line, the traceback with --debug
         debug = getattr(args, "debug", False)  # ``pyvmm images`` has no --debug
         hint = "" if debug else " (a pyvmm failure; --debug shows where)"
@@ -287,11 +166,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         return EXIT_VMM_ERROR
-    if result.status != 0 or args.debug:
-        print(f"pyvmm: {result.message}", file=sys.stderr)
-        if result.detail and args.debug:
-            print(result.detail, file=sys.stderr)
-    return result.status
 
 
 if __name__ == "__main__":

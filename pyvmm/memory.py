@@ -1,9 +1,14 @@
-"""Guest RAM: anonymous host mappings registered as KVM memory slots.
+"""Guest RAM: host mappings registered as KVM memory slots.
 
 Every access by guest-physical address is bounds-checked against the RAM
 regions, so a guest-supplied address can never reach host memory outside
 them. Mappings use MAP_NORESERVE and are never touched up front: a page of
 host memory is used only once the guest (or pyvmm) writes to it.
+
+RAM is anonymous memory for a fresh boot. A restored guest maps a snapshot's
+memory file instead, privately: pages are read from the file only when the
+guest touches them, and its writes stay its own (copy-on-write), so any
+number of clones share one file through the page cache.
 """
 
 from __future__ import annotations
@@ -11,12 +16,12 @@ from __future__ import annotations
 import contextlib
 import mmap
 import struct
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from pyvmm.boot import layout
 from pyvmm.kvm import Vm, ffi, lib
 
-__all__ = ["GuestMemory", "GuestMemoryError", "RamRange", "ram_ranges"]
+__all__ = ["PAGE_SIZE", "GuestMemory", "GuestMemoryError", "Range"]
 
 PAGE_SIZE = 4096
 
@@ -26,8 +31,8 @@ class GuestMemoryError(Exception):
 
 
 @dataclass(frozen=True)
-class RamRange:
-    """A contiguous range of guest-physical RAM."""
+class Range:
+    """A contiguous range of guest-physical addresses."""
 
     start: int
     size: int
@@ -36,67 +41,70 @@ class RamRange:
     def end(self) -> int:
         return self.start + self.size
 
-
-def ram_ranges(
-    size: int,
-    gap_start: int = layout.MMIO_GAP_START,
-    gap_end: int = layout.MMIO_GAP_END,
-) -> list[RamRange]:
-    """Split ``size`` bytes of RAM around the 32-bit MMIO gap."""
-    if size <= gap_start:
-        return [RamRange(0, size)]
-    return [RamRange(0, gap_start), RamRange(gap_end, size - gap_start)]
+    def contains(self, addr: int, size: int = 1) -> bool:
+        return self.start <= addr and addr + size <= self.end
 
 
 @dataclass
 class _Region:
-    range: RamRange
+    range: Range
     mapping: mmap.mmap
     view: memoryview = field(repr=False)
+    host_addr: int = 0
 
 
 class GuestMemory:
-    """Guest RAM of ``size`` bytes (a multiple of the page size)."""
+    """Guest RAM made of ``ranges`` (page-aligned). With ``backing`` (an open
+    file at least as long as the highest range's end), each range maps the
+    file at the offset equal to its guest address, privately."""
 
-    def __init__(self, size: int) -> None:
-        if size <= 0 or size % PAGE_SIZE:
-            raise ValueError(f"guest memory size must be a positive multiple of {PAGE_SIZE}")
-        self.size = size
+    def __init__(self, ranges: Sequence[Range], backing: int | None = None) -> None:
+        if not ranges or any(r.size <= 0 or (r.start | r.size) % PAGE_SIZE for r in ranges):
+            raise ValueError(f"guest RAM ranges must be non-empty multiples of {PAGE_SIZE}")
+        self.size = sum(r.size for r in ranges)
+        self.file_backed = backing is not None
         self._regions: list[_Region] = []
         try:
-            for r in ram_ranges(size):
+            for r in ranges:
                 # Flags from <sys/mman.h> via the extension: Python's mmap
                 # module has no MAP_NORESERVE.
-                m = mmap.mmap(
-                    -1,
-                    r.size,
-                    flags=lib.MAP_PRIVATE | lib.MAP_ANONYMOUS | lib.MAP_NORESERVE,
-                    prot=lib.PROT_READ | lib.PROT_WRITE,
-                )
+                prot = lib.PROT_READ | lib.PROT_WRITE
+                if backing is None:
+                    flags = lib.MAP_PRIVATE | lib.MAP_ANONYMOUS | lib.MAP_NORESERVE
+                    m = mmap.mmap(-1, r.size, flags=flags, prot=prot)
+                else:
+                    flags = lib.MAP_PRIVATE | lib.MAP_NORESERVE
+                    m = mmap.mmap(backing, r.size, flags=flags, prot=prot, offset=r.start)
                 # A child process (a helper started with fork) must not inherit guest RAM.
                 m.madvise(mmap.MADV_DONTFORK)
-                self._regions.append(_Region(r, m, memoryview(m)))
+                with ffi.from_buffer(m) as buf:
+                    host = int(ffi.cast("uintptr_t", buf))
+                self._regions.append(_Region(r, m, memoryview(m), host))
         except BaseException:
             self.close()
             raise
 
     @property
-    def ranges(self) -> list[RamRange]:
+    def ranges(self) -> list[Range]:
         return [r.range for r in self._regions]
 
     def slots(self) -> list[tuple[int, int, int, int]]:
         """(slot number, guest address, size, host address) for each region."""
-        out = []
-        for slot, region in enumerate(self._regions):
-            with ffi.from_buffer(region.mapping) as buf:
-                host_addr = int(ffi.cast("uintptr_t", buf))
-            out.append((slot, region.range.start, region.range.size, host_addr))
-        return out
+        return [
+            (slot, region.range.start, region.range.size, region.host_addr)
+            for slot, region in enumerate(self._regions)
+        ]
 
-    def register(self, vm: Vm) -> None:
-        """Register each region as a KVM memory slot, numbered from 0."""
+    def register(self, vm: Vm, flags: int = 0) -> None:
+        """Register each region as a KVM memory slot, numbered from 0
+        (again with new ``flags``, e.g. to start or stop dirty logging)."""
         for slot, gpa, size, host_addr in self.slots():
-            vm.set_user_memory_region(slot, gpa, size, host_addr)
+            vm.set_user_memory_region(slot, gpa, size, host_addr, flags)
+
+    def regions(self) -> Iterator[tuple[int, Range, memoryview]]:
+        """(slot, range, writable view of all of it) for each region."""
+        for slot, region in enumerate(self._regions):
+            yield slot, region.range, region.view
 
     def view(self, gpa: int, size: int) -> memoryview:
         """A writable view of guest RAM [gpa, gpa+size); raises if not all RAM."""
@@ -110,7 +118,7 @@ class GuestMemory:
         raise GuestMemoryError(f"guest range {gpa:#x}-{gpa + size:#x} is not in RAM")
 
     def contains(self, gpa: int, size: int = 1) -> bool:
-        return any(r.start <= gpa and gpa + size <= r.end for r in self.ranges)
+        return any(r.contains(gpa, size) for r in self.ranges)
 
     def read(self, gpa: int, size: int) -> bytes:
         return bytes(self.view(gpa, size))

@@ -1,4 +1,4 @@
-"""Draw the guest-physical memory map as an SVG, from pyvmm.boot.layout.
+"""Draw the guest-physical memory map as an SVG, from pyvmm.arch.x86_64.layout.
 
     python scripts/memory_map.py [docs/memory-map.svg]
 
@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pyvmm.boot import layout as L  # noqa: E402
+from pyvmm.arch.x86_64 import layout as L  # noqa: E402
 
 #: (start, end or None for "up to the next row", label, kind) from low to high.
 REGIONS = [
@@ -34,7 +34,9 @@ REGIONS = [
     (L.ACPI_TABLES_ADDR, L.HIMEM_START, "ACPI tables from 0xe0000, RSDP first (reserved)", "pyvmm"),
     (L.HIMEM_START, None, "kernel: bzImage at 1 MiB or its pref_address, ELF at p_paddr", "kernel"),
     (None, L.MMIO_GAP_START, "initrd: as high as initrd_addr_max and RAM allow", "kernel"),
-    (L.MMIO_GAP_START, L.IOAPIC_ADDR, "32-bit MMIO gap: reads all-ones, no RAM", "hole"),
+    (L.MMIO_GAP_START, L.MMIO_WINDOW_START, "32-bit MMIO gap: reads all-ones, no RAM", "hole"),
+    (L.MMIO_WINDOW_START, L.MMIO_WINDOW_END, "MMIO device window: a page per device", "device"),
+    (L.MMIO_WINDOW_END, L.IOAPIC_ADDR, "rest of the MMIO gap: reads all-ones", "hole"),
     (L.IOAPIC_ADDR, L.IOAPIC_ADDR + 0x1000, "I/O APIC (in KVM)", "kvm"),
     (L.LAPIC_ADDR, L.LAPIC_ADDR + 0x1000, "local APIC (in KVM)", "kvm"),
     (L.IDENTITY_MAP_ADDR, L.TSS_ADDR + 0x3000, "KVM's identity-map and TSS pages (VMX)", "kvm"),
@@ -48,6 +50,7 @@ COLOURS = {
     "hole": "#eeeeee",
     "kernel": "#fff2cc",
     "kvm": "#d9d2e9",
+    "device": "#fce5cd",
 }
 ROW, WIDTH, BAR_X, BAR_W = 26, 760, 170, 580
 
@@ -59,7 +62,7 @@ def svg() -> str:
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
         'font-family="monospace" font-size="12">',
         f'<text x="{BAR_X}" y="20" font-size="14">pyvmm guest-physical memory '
-        "(not to scale; from pyvmm/boot/layout.py)</text>",
+        "(not to scale; from pyvmm/arch/x86_64/layout.py)</text>",
     ]
     for i, (start, end, label, kind) in enumerate(REGIONS):
         y = 30 + (rows - 1 - i) * ROW  # lowest address at the bottom

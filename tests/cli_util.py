@@ -14,8 +14,8 @@ PR_CAPBSET_DROP = 24  # <linux/prctl.h>
 
 #: Runs the command line with the KVM device path replaced by argv[1].
 _WITH_KVM_DEVICE = (
-    "import sys; from pyvmm import cli, machine; "
-    "machine.KVM_DEVICE = sys.argv.pop(1); sys.exit(cli.main(sys.argv[1:]))"
+    "import sys; from pyvmm import cli; from pyvmm.vmm import builder; "
+    "builder.KVM_DEVICE = sys.argv.pop(1); sys.exit(cli.main(sys.argv[1:]))"
 )
 
 

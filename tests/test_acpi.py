@@ -7,14 +7,16 @@ import struct
 
 import pytest
 
-from pyvmm.arch.x86_64 import acpi
+from pyvmm.arch.x86_64 import acpi, aml
 from pyvmm.devices.acpi_pm import CNT_PORT, EVT_PORT, AcpiPm
+from pyvmm.devices.pvpanic import PvPanic
 
 BASE = 0xE0000
 
 
 def tables(cpus: int = 2) -> acpi.Tables:
-    return acpi.build(BASE, cpus, 0xFEE00000, 0xFEC00000, EVT_PORT, CNT_PORT, 0x505)
+    pvpanic = PvPanic(on_panic=lambda: None).aml()
+    return acpi.build(BASE, cpus, 0xFEE00000, 0xFEC00000, EVT_PORT, CNT_PORT, pvpanic)
 
 
 def memory(t: acpi.Tables) -> bytearray:
@@ -122,7 +124,7 @@ def test_madt_lists_each_cpu_and_the_ioapic() -> None:
     [(6, "07"), (0x3E, "3f"), (0x3F, "4104"), (0x100, "4210"), (0xFFE, "810001")],
 )
 def test_aml_pkg_length(length: int, encoded: str) -> None:
-    enc = acpi.aml_pkg_length(length)
+    enc = aml.pkg_length(length)
     assert enc.hex() == encoded
     # Decoding per ACPI 20.2.4 gives back the contents length plus the encoding.
     lead = enc[0]

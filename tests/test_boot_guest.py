@@ -157,12 +157,12 @@ def test_second_vcpu_waits_and_the_guest_still_runs(guests: Guests) -> None:
 
 
 def test_machine_api_captures_the_console(guests: Guests) -> None:
-    from pyvmm.machine import ExitKind, Machine, MachineConfig
+    from pyvmm.vmm.config import MachineConfig
+    from pyvmm.vmm.ending import Ending
+    from tests.vmm_util import run_to_end
 
     out = bytearray()
-    result = Machine(
-        MachineConfig(kernel=guests.elf, cmdline="api", memory=64 << 20), console=out.extend
-    ).run()
-    assert result.kind is ExitKind.RESET
+    result = run_to_end(MachineConfig(kernel=guests.elf, cmdline="api", memory=64 << 20), out)
+    assert result.ending is Ending.RESET
     assert f"cmdline: {seen_cmdline('api')}\n".encode() in out
     assert out.endswith(b"reset\n")

@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 
 from pyvmm.devices.bus import Bus
+from pyvmm.devices.device import DeviceModel
 from pyvmm.devices.i8042 import I8042
 
 
-class Recorder:
+class Recorder(DeviceModel):
     def __init__(self) -> None:
+        super().__init__()
         self.writes: list[tuple[int, bytes]] = []
 
     def read(self, offset: int, size: int) -> bytes:
@@ -104,3 +106,31 @@ def test_self_test_and_configuration_byte() -> None:
 
 def test_other_ports_in_the_range_read_all_ones() -> None:
     assert Box().dev.read(2, 1) == b"\xff"
+
+
+def test_the_bus_holds_the_device_lock_around_each_access() -> None:
+    seen: list[bool] = []
+
+    class Probe(Recorder):
+        def read(self, offset: int, size: int) -> bytes:
+            seen.append(self.lock.locked())
+            return bytes(size)
+
+    bus = Bus("pio")
+    dev = Probe()
+    bus.insert(0x100, 4, dev)
+    bus.read(0x101, 1)
+    assert seen == [True] and not dev.lock.locked()
+
+
+def test_i8042_state_round_trip() -> None:
+    a = I8042(on_reset=lambda: None)
+    a.write(4, b"\x60")  # write the configuration byte next
+    a.write(0, b"\x45")
+    a.write(4, b"\x20")  # read it: now waiting at the data port
+    b = I8042(on_reset=lambda: None)
+    b.restore(a.state())
+    assert b.state() == a.state()
+    assert b.read(0, 1) == b"\x45"
+    with pytest.raises(ValueError):
+        b.restore({**a.state(), "ctr": 300})

@@ -14,11 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from pyvmm import cli, machine
+import pyvmm as pyvmm_api
+from pyvmm import cli
 from pyvmm.arch.x86_64 import pvm
-from pyvmm.cli import parse_size
 from pyvmm.errors import UserError
 from pyvmm.kvm import Kvm, lib
+from pyvmm.vmm import fresh_boot
+from pyvmm.vmm.config import MAX_CPUS, MachineConfig, parse_size
 from tests.cli_util import one_line_error, pyvmm
 from tests.guests.build import Guests
 
@@ -137,9 +139,7 @@ def test_cpus_beyond_kvm_limit(kvm: None, guests: Guests) -> None:
 
 
 def test_cpus_beyond_what_the_madt_describes(kvm: None, guests: Guests) -> None:
-    one_line_error(
-        pyvmm("run", "--kernel", guests.elf, "--cpus", str(machine.MAX_CPUS + 1)), "--cpus 256"
-    )
+    one_line_error(pyvmm("run", "--kernel", guests.elf, "--cpus", str(MAX_CPUS + 1)), "--cpus 256")
 
 
 def test_kvm_device_missing(guests: Guests, tmp_path: Path) -> None:
@@ -190,12 +190,12 @@ def test_bad_input_in_process_leaves_no_threads_or_descriptors(
     fds = set(os.listdir("/proc/self/fd"))
     threads = threading.active_count()
     for config in (
-        machine.MachineConfig(kernel=tmp_path / "nope"),
-        machine.MachineConfig(kernel=guests.elf, cmdline="x" * 5000),
-        machine.MachineConfig(kernel=guests.bzimage, memory=4 << 20),
-        machine.MachineConfig(kernel=guests.elf, cpus=machine.MAX_CPUS + 1),
+        MachineConfig(kernel=tmp_path / "nope"),
+        MachineConfig(kernel=guests.elf, cmdline="x" * 5000),
+        MachineConfig(kernel=guests.bzimage, memory=4 << 20),
+        MachineConfig(kernel=guests.elf, cpus=MAX_CPUS + 1),
     ):
-        m = machine.Machine(config)
+        m = pyvmm_api.Machine(config)
         with pytest.raises(UserError):
             m.start()
         m.close()
@@ -229,7 +229,7 @@ def test_a_pyvmm_failure_is_one_line_with_status_1(
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("injected")
 
-    monkeypatch.setattr(machine.loader, "load", broken)
+    monkeypatch.setattr(fresh_boot.loader, "load", broken)
     assert cli.main(["run", "--kernel", str(guests.elf)]) == 1
     out, err = capsys.readouterr()
     assert out == ""

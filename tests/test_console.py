@@ -8,7 +8,8 @@ import termios
 import threading
 import time
 
-from pyvmm.console import ESCAPE, QUIT, SHOW_HELP, EscapeFilter, InputPump, RawTerminal
+from pyvmm.console.input import InputPump
+from pyvmm.console.terminal import ESCAPE, QUIT, SHOW_HELP, EscapeFilter, RawTerminal
 from pyvmm.devices.serial import Serial16550
 
 A = bytes([ESCAPE])
@@ -66,14 +67,14 @@ def test_pump_never_overruns_the_fifo() -> None:
     payload = bytes(range(256)) * 8  # far more than the FIFO holds
     os.write(w, payload)
     os.close(w)
-    pump = InputPump(r, uart, uart.rx_space, escapes=False, on_action=lambda a: None)
+    pump = InputPump(r, uart)  # the pump owns r now, and closes it
     pump.start()
     got = bytearray()
     reader = threading.Thread(target=_guest_reads, args=(uart, len(payload), got))
     reader.start()
     reader.join()
     pump.stop()
-    os.close(r)
+    assert not pump.alive
     assert bytes(got) == payload
     assert not uart.read(5, 1)[0] & 0x02  # LSR.OE: no overrun ever
     assert pump.eof  # the end of the pipe was seen, and nothing else happened
@@ -83,7 +84,7 @@ def test_input_waits_until_a_driver_listens() -> None:
     uart = Serial16550(out=lambda data: None)
     r, w = os.pipe()
     os.write(w, b"early")
-    pump = InputPump(r, uart, uart.rx_space, escapes=False, on_action=lambda a: None)
+    pump = InputPump(r, uart)
     pump.start()
     time.sleep(0.5)
     assert not uart.read(5, 1)[0] & 0x01  # LSR.DR: nothing delivered yet
@@ -95,7 +96,6 @@ def test_input_waits_until_a_driver_listens() -> None:
     got = bytearray()
     _guest_reads(uart, 5, got)
     pump.stop()
-    os.close(r)
     os.close(w)
     assert bytes(got) == b"early"
 
@@ -108,13 +108,12 @@ def test_pump_reports_escapes() -> None:
     r, w = os.pipe()
     os.write(w, b"a" + A + b"x")
     actions: list[str] = []
-    pump = InputPump(r, uart, uart.rx_space, escapes=True, on_action=actions.append)
+    pump = InputPump(r, uart, escapes=True, on_action=actions.append)
     pump.start()
     deadline = time.monotonic() + 5
     while not actions and time.monotonic() < deadline:
         time.sleep(0.01)
     pump.stop()
-    os.close(r)
     os.close(w)
     assert actions == [QUIT]
     assert uart.read(0, 1) == b"a"

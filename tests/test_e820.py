@@ -6,8 +6,9 @@ import itertools
 
 import pytest
 
+from pyvmm.arch.x86_64.layout import ram_ranges
 from pyvmm.boot.e820 import build_e820
-from pyvmm.memory import RamRange, ram_ranges
+from pyvmm.memory import Range
 
 MiB, GiB = 1 << 20, 1 << 30
 
@@ -27,12 +28,12 @@ def test_128m() -> None:
 
 
 def test_3g_fills_exactly_up_to_the_gap() -> None:
-    assert ram_ranges(3 * GiB) == [RamRange(0, 3 * GiB)]
+    assert ram_ranges(3 * GiB) == [Range(0, 3 * GiB)]
     assert e820(3 * GiB) == [*LOW, "0x0000000000100000-0x00000000bfffffff ram"]
 
 
 def test_5g_continues_above_4g() -> None:
-    assert ram_ranges(5 * GiB) == [RamRange(0, 3 * GiB), RamRange(4 * GiB, 2 * GiB)]
+    assert ram_ranges(5 * GiB) == [Range(0, 3 * GiB), Range(4 * GiB, 2 * GiB)]
     assert e820(5 * GiB) == [
         *LOW,
         "0x0000000000100000-0x00000000bfffffff ram",
@@ -44,7 +45,7 @@ def test_no_entries_overlap_and_ram_adds_up() -> None:
     for size in (2 * MiB, 128 * MiB, 3 * GiB, 3 * GiB + 4096, 64 * GiB):
         entries = build_e820(ram_ranges(size))
         for a, b in itertools.pairwise(entries):
-            assert a.end <= b.addr
+            assert a.end <= b.start
         ram = sum(e.size for e in entries if e.type == 1)
         # Only the legacy hole (0x9fc00-0x100000) is taken out of RAM.
         assert ram == size - (0x100000 - 0x9FC00)
@@ -52,4 +53,4 @@ def test_no_entries_overlap_and_ram_adds_up() -> None:
 
 def test_ram_must_reach_past_1mib() -> None:
     with pytest.raises(ValueError):
-        build_e820([RamRange(0, 1 * MiB)])
+        build_e820([Range(0, 1 * MiB)])

@@ -15,9 +15,9 @@ from typing import Any
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from pyvmm.arch.x86_64 import pvm
+from pyvmm.arch.x86_64 import layout
+from pyvmm.arch.x86_64 import pvm_emulation as pvm
 from pyvmm.arch.x86_64.xsave import Layout
-from pyvmm.boot import layout
 from pyvmm.kvm import ffi
 from pyvmm.memory import GuestMemory, GuestMemoryError
 
@@ -25,7 +25,7 @@ FUZZ = settings(max_examples=2000, deadline=None, suppress_health_check=[HealthC
 GiB, MiB = 1 << 30, 1 << 20
 
 #: 3.5 GiB: RAM below the MMIO gap and 512 MiB above 4 GiB (nothing is touched up front).
-SPLIT = GuestMemory(3 * GiB + 512 * MiB)
+SPLIT = GuestMemory(layout.ram_ranges(3 * GiB + 512 * MiB))
 
 interesting = st.sampled_from(
     [0, 4096, layout.MMIO_GAP_START, layout.MMIO_GAP_END, SPLIT.size, 4 * GiB + 512 * MiB]
@@ -118,7 +118,7 @@ class FakeVcpu:
         self.injected.append(events.exception.nr)
 
 
-GUEST = GuestMemory(8 * MiB)
+GUEST = GuestMemory(layout.ram_ranges(8 * MiB))
 LAYOUT = Layout({2: (0x240, 0x100), 5: (0x340, 0x40), 6: (0x380, 0x200), 7: (0x580, 0x400)})
 
 #: The instructions EmulationAssist carries out, with a ModRM byte that
@@ -206,8 +206,9 @@ def test_emulation_follows_only_guest_ram(
     )
     assist = pvm.EmulationAssist(GUEST, LAYOUT)
     result = assist.handle(vcpu)  # type: ignore[arg-type]
-    assert result is None or isinstance(result, pvm.Unhandled)
-    event("resolved" if result is None else f"reported: {result.hint.split(':')[0][:40]}")
+    assert result.unhandled is None or isinstance(result.unhandled, pvm.Unhandled)
+    done = result.unhandled
+    event("resolved" if done is None else f"reported: {done.hint.split(':')[0][:40]}")
     for vector in vcpu.injected:
         event(f"raised vector {vector} in the guest")
     assert set(vcpu.injected) <= {pvm.BP_VECTOR, pvm.GP_VECTOR, pvm.PF_VECTOR, pvm.MF_VECTOR}

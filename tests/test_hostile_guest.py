@@ -13,9 +13,11 @@ import time
 
 import pytest
 
-from pyvmm.machine import ExitKind, Machine, MachineConfig, VmExit
+from pyvmm.vmm.config import MachineConfig
+from pyvmm.vmm.ending import Ending, Outcome
 from tests.cli_util import pyvmm
 from tests.guests.build import Guests
+from tests.vmm_util import boot
 
 pytestmark = pytest.mark.usefixtures("kvm")
 
@@ -37,7 +39,7 @@ def test_hammering_ports_and_mmio_then_triple_fault(guests: Guests) -> None:
     assert ports_bad == 0
     assert mmio_accesses > 16000 and mmio_bad == 0
     assert r.stdout.endswith("triple fault\n")
-    assert r.returncode == ExitKind.TRIPLE_FAULT.status
+    assert r.returncode == Ending.TRIPLE_FAULT.status
     assert r.stderr == "pyvmm: vCPU 0: guest triple fault\n"
 
 
@@ -62,13 +64,10 @@ def test_spinning_guest_ends_on_sigterm(guests: Guests) -> None:
 
 def test_spinning_guest_stopped_from_python(guests: Guests) -> None:
     out = bytearray()
-    with Machine(
-        MachineConfig(kernel=guests.elf, cmdline="action=spin", memory=64 << 20),
-        console=out.extend,
-    ) as m:
+    with boot(MachineConfig(kernel=guests.elf, cmdline="action=spin", memory=64 << 20), out) as m:
         m.start()
         assert m.wait(timeout=3) is None  # still running
         assert out.endswith(b"spinning\n")
-        m.stop(VmExit(ExitKind.TERMINATED, "stopped by the test"))
+        m.stop(Outcome(Ending.TERMINATED, "stopped by the test"))
         result = m.wait(timeout=10)
-    assert result is not None and result.kind is ExitKind.TERMINATED
+    assert result is not None and result.ending is Ending.TERMINATED

@@ -11,13 +11,15 @@ from pathlib import Path
 import pytest
 from elftools.elf.elffile import ELFFile
 
-from pyvmm.boot import layout, loader
+from pyvmm.arch.x86_64 import layout
+from pyvmm.arch.x86_64.layout import ram_ranges
+from pyvmm.boot import loader
 from pyvmm.boot.bzimage import parse_bzimage
 from pyvmm.boot.elf import parse_elf
 from pyvmm.boot.image import KernelFormatError, KernelImage, Segment
 from pyvmm.boot.zeropage import ZeroPage
 from pyvmm.errors import UserError
-from pyvmm.memory import GuestMemory, ram_ranges
+from pyvmm.memory import GuestMemory
 from tests.guests.build import PREF_ADDRESS, Guests, make_bzimage
 
 MiB = 1 << 20
@@ -261,7 +263,7 @@ def test_cmdline_limit_is_also_the_reserved_area() -> None:
 
 def test_load_elf_into_memory(guests: Guests) -> None:
     image = parse_elf(guests.elf.read_bytes())
-    with GuestMemory(64 * MiB) as mem:
+    with GuestMemory(ram_ranges(64 * MiB)) as mem:
         bss = image.segments[1]
         mem.fill(bss.addr, bss.mem_size, 0xAA)  # BSS must be zeroed by the loader
         info = loader.load(mem, image, "console=ttyS0", b"initrd-bytes")
@@ -284,7 +286,7 @@ def test_load_elf_into_memory(guests: Guests) -> None:
 def test_load_bzimage_copies_the_setup_header() -> None:
     data = make_bzimage(PM, relocatable=True, cmdline_size=300)
     image = parse_bzimage(data)
-    with GuestMemory(64 * MiB) as mem:
+    with GuestMemory(ram_ranges(64 * MiB)) as mem:
         loader.load(mem, image, "")
         page = mem.read(layout.ZERO_PAGE_ADDR, 4096)
         # The header is copied up to type_of_loader; vid_mode (0x1fa) becomes "normal".

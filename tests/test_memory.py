@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pyvmm.memory import GuestMemory, GuestMemoryError
+from pyvmm.arch.x86_64.layout import ram_ranges
+from pyvmm.memory import GuestMemory, GuestMemoryError, Range
 
 MiB, GiB = 1 << 20, 1 << 30
 
@@ -18,7 +19,7 @@ def rss() -> int:
 
 
 def test_read_write_round_trip() -> None:
-    with GuestMemory(4 * MiB) as mem:
+    with GuestMemory(ram_ranges(4 * MiB)) as mem:
         mem.write(0x1234, b"hello")
         assert mem.read(0x1234, 5) == b"hello"
         mem.write_u64(0x2000, 0x1122334455667788)
@@ -31,12 +32,12 @@ def test_read_write_round_trip() -> None:
     [(4 * MiB, 1), (4 * MiB - 4, 8), (-1, 4), (0, -1), (1 << 64, 1), (0xFFFFFFFFFFFFFFF8, 16)],
 )
 def test_accesses_outside_ram_are_refused(gpa: int, size: int) -> None:
-    with GuestMemory(4 * MiB) as mem, pytest.raises(GuestMemoryError):
+    with GuestMemory(ram_ranges(4 * MiB)) as mem, pytest.raises(GuestMemoryError):
         mem.view(gpa, size)
 
 
 def test_the_mmio_gap_is_not_ram() -> None:
-    with GuestMemory(4 * GiB) as mem:
+    with GuestMemory(ram_ranges(4 * GiB)) as mem:
         assert [(r.start, r.size) for r in mem.ranges] == [(0, 3 * GiB), (4 * GiB, 1 * GiB)]
         mem.write(4 * GiB, b"high")
         assert mem.read(4 * GiB, 4) == b"high"
@@ -49,7 +50,7 @@ def test_the_mmio_gap_is_not_ram() -> None:
 
 def test_16g_is_not_resident() -> None:
     before = rss()
-    with GuestMemory(16 * GiB) as mem:
+    with GuestMemory(ram_ranges(16 * GiB)) as mem:
         mem.write(0, b"x")
         mem.write(8 * GiB, b"y")
         grown = rss() - before
@@ -57,7 +58,7 @@ def test_16g_is_not_resident() -> None:
 
 
 def test_fill() -> None:
-    with GuestMemory(4 * MiB) as mem:
+    with GuestMemory(ram_ranges(4 * MiB)) as mem:
         mem.fill(0x1000, 3 * MiB, 0xAB)
         assert mem.read(0x1000, 4) == b"\xab" * 4
         assert mem.read(0x1000 + 3 * MiB - 1, 2) == b"\xab\x00"
@@ -66,14 +67,41 @@ def test_fill() -> None:
 
 def test_sizes_must_be_whole_pages() -> None:
     with pytest.raises(ValueError):
-        GuestMemory(4097)
+        GuestMemory([Range(0, 4097)])
     with pytest.raises(ValueError):
-        GuestMemory(0)
+        GuestMemory([Range(0, 0)])
+    with pytest.raises(ValueError):
+        GuestMemory([])
 
 
 def test_close_unmaps() -> None:
-    mem = GuestMemory(4 * MiB)
+    mem = GuestMemory(ram_ranges(4 * MiB))
     mem.close()
     assert mem.ranges == []
     with pytest.raises(GuestMemoryError):
         mem.read(0, 1)
+
+
+def test_file_backed_memory_is_private(tmp_path: object) -> None:
+    """A restored guest maps its snapshot's memory file privately: it reads
+    the file's bytes, and what it writes never reaches the file."""
+    import os
+    from pathlib import Path
+
+    path = Path(str(tmp_path)) / "memory"
+    with open(path, "wb") as f:
+        f.truncate(8 * MiB)
+        f.seek(0x5000)
+        f.write(b"from the file")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with GuestMemory([Range(0, 4 * MiB), Range(6 * MiB, 2 * MiB)], backing=fd) as mem:
+            assert mem.read(0x5000, 13) == b"from the file"
+            mem.write(0x5000, b"by the guest!")
+            mem.write(6 * MiB, b"high")
+            assert mem.read(0x5000, 13) == b"by the guest!"
+    finally:
+        os.close(fd)
+    data = path.read_bytes()
+    assert data[0x5000:0x500D] == b"from the file"
+    assert data[6 * MiB : 6 * MiB + 4] == bytes(4)

@@ -6,8 +6,8 @@ import struct
 
 import pytest
 
+from pyvmm.arch.x86_64 import layout
 from pyvmm.arch.x86_64.paging import PageFault, identity_map, translate
-from pyvmm.boot import layout
 
 
 def reader(tables: dict[int, bytes]):  # type: ignore[no-untyped-def]

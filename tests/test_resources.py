@@ -12,12 +12,16 @@ from pathlib import Path
 import pytest
 
 import pyvmm
-from pyvmm import cli, machine
+from pyvmm import run
 from pyvmm.arch.x86_64 import regs
+from pyvmm.console.backends import ConsoleSpec
 from pyvmm.devices import i8042
-from pyvmm.machine import ExitKind, Machine, MachineConfig
-from pyvmm.memory import GuestMemory
+from pyvmm.memory import GuestMemory, Range
+from pyvmm.vmm import builder
+from pyvmm.vmm.config import MachineConfig
+from pyvmm.vmm.ending import Ending
 from tests.guests.build import Guests
+from tests.vmm_util import boot, run_to_end
 
 pytestmark = pytest.mark.usefixtures("kvm")
 
@@ -59,11 +63,11 @@ class Watch:
         watch = self
 
         class RecordedMemory(GuestMemory):
-            def __init__(self, size: int) -> None:
-                super().__init__(size)
+            def __init__(self, ranges: list[Range], backing: int | None = None) -> None:
+                super().__init__(ranges, backing)
                 watch.addresses += [host for _, _, _, host in self.slots()]
 
-        monkeypatch.setattr(machine, "GuestMemory", RecordedMemory)
+        monkeypatch.setattr(builder, "GuestMemory", RecordedMemory)
 
     def assert_released(self) -> None:
         assert self.addresses, "no guest memory was mapped"
@@ -83,14 +87,17 @@ def config(guests: Guests, action: str = "reset") -> MachineConfig:
 
 
 def test_released_after_a_normal_end(guests: Guests, watch: Watch) -> None:
-    m = Machine(config(guests), console=lambda data: None)
-    m.build()
+    m = boot(config(guests))
     # What the checks look for is there while the machine exists.
     assert mapped(watch.addresses) == watch.addresses
     assert set(kvm_descriptors()) == {"/dev/kvm", "anon_inode:kvm-vcpu:0", "anon_inode:kvm-vm"}
     assert kvm_mappings()  # the vCPU's kvm_run
-    result = m.run()
-    assert result.kind is ExitKind.RESET
+    try:
+        m.start()
+        result = m.wait()
+    finally:
+        m.close()
+    assert result is not None and result.ending is Ending.RESET
     watch.assert_released()
 
 
@@ -104,9 +111,8 @@ def test_released_when_building_fails(
         raise RuntimeError("injected failure")
 
     monkeypatch.setattr(regs, "setup_boot_cpu", broken)
-    m = Machine(config(guests), console=lambda data: None)
     with pytest.raises(RuntimeError, match="injected failure"):
-        m.start()
+        boot(config(guests))
     watch.assert_released()
 
 
@@ -120,8 +126,8 @@ def test_released_when_a_device_raises(
         raise RuntimeError("device bug")
 
     monkeypatch.setattr(i8042.I8042, "write", broken)
-    result = Machine(config(guests), console=lambda data: None).run()
-    assert result.kind is ExitKind.VMM_ERROR and "device bug" in result.message
+    result = run_to_end(config(guests))
+    assert result.ending is Ending.VMM_ERROR and "device bug" in result.message
     assert result.status == 1
     watch.assert_released()
 
@@ -130,10 +136,10 @@ def test_released_on_sigterm(guests: Guests, watch: Watch) -> None:
     timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM))
     timer.start()
     try:
-        result = cli.run_machine(config(guests, "wait"), cli.console_backends.ConsoleSpec("none"))
+        result = run.run_machine(config(guests, "wait"), ConsoleSpec("none"))
     finally:
         timer.cancel()
-    assert result.kind is ExitKind.TERMINATED
+    assert result.ending is Ending.TERMINATED
     watch.assert_released()
 
 
@@ -141,10 +147,10 @@ def test_released_on_keyboard_interrupt(guests: Guests, watch: Watch) -> None:
     timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
     timer.start()
     try:
-        result = Machine(config(guests, "wait"), console=lambda data: None).run()
+        result = run.run_machine(config(guests, "wait"), ConsoleSpec("none"))
     finally:
         timer.cancel()
-    assert result.kind is ExitKind.INTERRUPTED
+    assert result.ending is Ending.INTERRUPTED
     watch.assert_released()
 
 

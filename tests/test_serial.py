@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pyvmm.devices import serial
+from pyvmm.devices.device import Allocation
 from pyvmm.devices.serial import Serial16550
 
 THR = RBR = DLL = 0
@@ -16,10 +17,12 @@ LCR, MCR, LSR, MSR, SCR = 3, 4, 5, 6, 7
 class Uart:
     """A UART with its output and interrupt line recorded."""
 
-    def __init__(self) -> None:
+    def __init__(self, room: int = 1 << 30) -> None:
         self.out = bytearray()
         self.irq_changes: list[bool] = []
-        self.dev = Serial16550(self.out.extend, self.irq_changes.append)
+        self.room = room
+        self.dev = Serial16550(self.out.extend, lambda: self.room - len(self.out))
+        self.dev.attach(Allocation(), self.irq_changes.append)
 
     def r(self, reg: int) -> int:
         return self.dev.read(reg, 1)[0]
@@ -183,3 +186,62 @@ def test_wide_access_touches_consecutive_registers(uart: Uart) -> None:
 
 def test_com1_constants() -> None:
     assert (serial.COM1_PORT, serial.COM1_IRQ, serial.PORT_COUNT) == (0x3F8, 4, 8)
+
+
+def test_a_slow_line_holds_the_transmitter_busy() -> None:
+    """When the host's output buffer has less than a FIFO's worth of room,
+    THRE and TEMT read clear until the host says it drained; then the THRE
+    interrupt comes, as Linux's interrupt-driven transmit waits for."""
+    uart = Uart(room=20)
+    uart.w(IER, 0x02)  # THRI
+    assert uart.r(IIR) & 0x0F == 0x02  # enabling THRI with THR empty interrupts
+    for c in b"0123":
+        uart.w(THR, c)
+    assert uart.r(LSR) & 0x60 == 0x60  # 16 bytes of room left: still empty
+    uart.w(THR, ord("4"))
+    assert uart.r(LSR) & 0x60 == 0  # 15 left: busy
+    assert uart.r(IIR) & 0x0F == 0x01  # and no THRE interrupt
+    uart.dev.tx_ready()  # nothing drained yet: still busy
+    assert uart.r(LSR) & 0x60 == 0
+    del uart.out[:]  # the host wrote it all out
+    uart.dev.tx_ready()
+    assert uart.r(LSR) & 0x60 == 0x60
+    assert uart.irq and uart.r(IIR) & 0x0F == 0x02
+
+
+def test_bytes_written_with_no_room_at_all_are_counted_and_lost() -> None:
+    uart = Uart(room=2)
+    for c in b"abcd":
+        uart.w(THR, c)
+    assert uart.out == b"ab"
+    assert uart.dev.tx_dropped == 2
+
+
+def test_state_round_trip() -> None:
+    a = Uart()
+    a.w(LCR, 0x83)
+    a.w(DLL, 0x01)
+    a.w(LCR, 0x03)
+    a.w(FCR, 0xC1)
+    a.w(IER, 0x01)
+    a.w(MCR, 0x0B)
+    a.w(SCR, 0x5A)
+    a.dev.receive(b"xyz")
+    state = a.dev.state()
+    b = Uart()
+    b.dev.restore(state)
+    assert b.dev.state() == state
+    assert [b.r(RBR) for _ in range(3)] == list(b"xyz")
+    assert b.r(SCR) == 0x5A and b.r(LCR) == 0x03
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"ier": 0x100}, {"rx": "zz"}, {"rx": "00" * 17}, {"lcr": -1}, {"fifo_enabled": "yes"}],
+)
+def test_bad_state_is_refused_whole(change: dict[str, object]) -> None:
+    a = Uart()
+    before = a.dev.state()
+    with pytest.raises(ValueError):
+        a.dev.restore({**before, **change})
+    assert a.dev.state() == before

@@ -8,9 +8,9 @@ import re
 import pytest
 
 import pyvmm as pyvmm_api
-from pyvmm import trace
 from pyvmm.arch.x86_64 import pvm
 from pyvmm.kvm import ffi, lib
+from pyvmm.vmm import exit_log
 from tests.cli_util import pyvmm
 from tests.guests.build import Guests
 
@@ -19,15 +19,15 @@ BOOT_STEPS = [
     "open /dev/kvm",
     "create the VM",
     "map 128 MiB of guest RAM",
+    "place the devices",
     "write the ACPI tables",
     "load kernel, command line and initrd",
     "fill the zero page",
     "the E820 memory map",
     "identity-mapped page tables",
     "the boot GDT",
-    "create vCPU 0",
+    "set up vCPU 0",
     "registers at entry, vCPU 0",
-    "attach devices",
 ]
 
 
@@ -43,10 +43,10 @@ def io_exit(port: int, out: bool, data: bytes) -> tuple[object, memoryview]:
 
 def test_exit_log_is_rate_limited_and_counts_everything() -> None:
     lines: list[str] = []
-    observer = trace.ExitObserver(log=lines.append, count=True, burst=5, per_second=2)
+    observer = exit_log.ExitLog(log=lines.append, count=True, burst=5, per_second=2)
     run, page = io_exit(0x3F8, True, b"A")
     for _ in range(100):
-        observer.record(0, lib.KVM_EXIT_IO, run, page, handler_ns=2000)
+        observer.record(0, lib.KVM_EXIT_IO, run, page, ns=2000, note=None)
     # The burst, then two more in this second; the other 93 are only counted.
     assert len(lines) == 7
     assert lines[0] == "exit vCPU 0 IO port 0x03f8 out size 1 data 41 (2.0 µs)\n"
@@ -60,7 +60,7 @@ def test_mmio_exit_description() -> None:
     run.mmio.phys_addr, run.mmio.len, run.mmio.is_write = 0xD0000000, 4, 1
     for i, b in enumerate(b"\x01\x02\x03\x04"):
         run.mmio.data[i] = b
-    name, where, data = trace.describe_exit(lib.KVM_EXIT_MMIO, run, memoryview(b""))
+    name, where, data = exit_log.describe_exit(lib.KVM_EXIT_MMIO, run, memoryview(b""))
     assert (name, where, data) == ("MMIO", "write 0xd0000000 size 4", b"\x01\x02\x03\x04")
 
 
@@ -86,7 +86,7 @@ def test_boot_trace_matches_what_the_guest_sees(guests: Guests) -> None:
     assert "entry: 0x00200200 zero page: 0x00007000" in r.stdout
     assert "  cmd_line_ptr = 0x20000\n" in r.stderr
     assert re.search(r"slot 0: guest 0x0000000000-0x0007ffffff \(128 MiB\) -> host 0x", r.stderr)
-    assert "ports 0x03f8-0x03ff: Serial16550" in r.stderr
+    assert "COM1: ports 0x03f8-0x03ff, IRQ 4 (Serial16550)" in r.stderr
 
 
 @pytest.mark.usefixtures("kvm")
@@ -95,14 +95,14 @@ def test_exit_trace_and_stats_match_the_console(guests: Guests) -> None:
     assert r.returncode == 0, r.stderr
     # The first byte the guest prints ('p' of "pyvmm test guest") is a THR write.
     first = re.search(
-        r"^exit vCPU 0 IO port 0x03f8 out size 1 \(Serial16550\) data (\w\w)", r.stderr, re.M
+        r"^exit vCPU 0 IO port 0x03f8 out size 1 \(COM1\) data (\w\w)", r.stderr, re.M
     )
     assert first and bytes.fromhex(first.group(1)) == r.stdout.encode()[:1]
-    row = re.search(r"^ +(\d+) .* IO port 0x03f8 out size 1 \(Serial16550\)$", r.stderr, re.M)
+    row = re.search(r"^ +(\d+) .* IO port 0x03f8 out size 1 \(COM1\)$", r.stderr, re.M)
     assert row, r.stderr
     # Every console byte is one THR write; the UART self-test adds a few in loopback.
     assert len(r.stdout.encode()) <= int(row.group(1)) <= len(r.stdout.encode()) + 8
-    reset = re.search(r"^ +1 .* IO port 0x0064 out size 1 \(I8042\)$", r.stderr, re.M)
+    reset = re.search(r"^ +1 .* IO port 0x0064 out size 1 \(i8042\)$", r.stderr, re.M)
     assert reset, "the reset through the i8042 is one exit"
 
 
@@ -114,7 +114,7 @@ def test_stats_from_python(guests: Guests) -> None:
         assert m.wait(timeout=30) == 0
         table = m.exit_stats()
     assert table is not None
-    assert re.search(r"^ +1 .* IO port 0x0064 out size 1 \(I8042\)$", table, re.M)
+    assert re.search(r"^ +1 .* IO port 0x0064 out size 1 \(i8042\)$", table, re.M)
     with pyvmm_api.Machine(kernel=guests.elf, memory="64M") as m:
         assert m.exit_stats() is None
 

@@ -7,7 +7,7 @@ starts in long mode at load address + 0x200.
 
 from __future__ import annotations
 
-from pyvmm.boot import layout
+from pyvmm.arch.x86_64 import layout
 from pyvmm.boot.image import KernelFormatError, KernelImage, Segment
 from pyvmm.boot.zeropage import (
     BOOT_FLAG,
@@ -95,3 +95,35 @@ def parse_bzimage(data: bytes) -> KernelImage:
         # init_size (protocol 2.10+) is the memory the kernel needs from its load address.
         footprint=max(hdr.init_size, len(protected_mode)),
     )
+
+
+#: Magic bytes at the start of each kind of payload.
+MAGICS = {
+    b"\x1f\x8b": "gzip",
+    b"\x1f\x9e": "gzip",
+    b"BZh": "bzip2",
+    b"\x5d\x00\x00": "lzma",
+    b"\xfd7zXZ\x00": "xz",
+    b"\x89LZO": "lzo",
+    b"\x02\x21\x4c\x18": "lz4",
+    b"\x28\xb5\x2f\xfd": "zstd",
+}
+
+
+def payload(bzimage: bytes) -> bytes:
+    """The compressed kernel inside a bzImage."""
+    parse_bzimage(bzimage)  # checks the header, raises KernelFormatError
+    hdr = SetupHeader.parse(bzimage)
+    start = setup_size(hdr) + hdr.payload_offset
+    end = start + hdr.payload_length
+    if hdr.payload_length == 0 or end > len(bzimage):
+        raise KernelFormatError("bzImage has no payload inside the file (payload_offset/length)")
+    return bzimage[start:end]
+
+
+def compression(data: bytes) -> str:
+    """The payload's compression, by its magic bytes (as lib/decompress.c knows them)."""
+    for magic, name in MAGICS.items():
+        if data.startswith(magic):
+            return name
+    return "unknown"

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pyvmm.boot import layout
-from pyvmm.memory import RamRange
+from pyvmm.arch.x86_64 import layout
+from pyvmm.memory import Range
 
 # Address range types (ACPI spec, "Address Range Types"; Linux e820 types).
 E820_RAM = 1
@@ -16,22 +16,18 @@ _TYPE_NAMES = {E820_RAM: "ram", E820_RESERVED: "reserved"}
 
 
 @dataclass(frozen=True)
-class E820Entry:
-    addr: int
-    size: int
-    type: int
+class E820Entry(Range):
+    """A guest-physical range and what it is (RAM, reserved)."""
 
-    @property
-    def end(self) -> int:
-        return self.addr + self.size
+    type: int = E820_RAM
 
     def __str__(self) -> str:
         kind = _TYPE_NAMES.get(self.type, f"type {self.type}")
-        return f"{self.addr:#018x}-{self.end - 1:#018x} {kind}"
+        return f"{self.start:#018x}-{self.end - 1:#018x} {kind}"
 
 
-def build_e820(ram: Sequence[RamRange]) -> list[E820Entry]:
-    """The map for guest RAM (see :func:`pyvmm.memory.ram_ranges`), lowest range first.
+def build_e820(ram: Sequence[Range]) -> list[E820Entry]:
+    """The map for guest RAM (see :func:`pyvmm.arch.x86_64.layout.ram_ranges`), lowest range first.
 
     The first range must start at 0 and reach past 1 MiB. Its legacy hole is
     carved out PC-style: RAM below the EBDA, the EBDA and the system BIOS area

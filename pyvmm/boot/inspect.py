@@ -15,12 +15,11 @@ import struct
 
 from elftools.elf.elffile import ELFFile
 
-from pyvmm.boot.bzimage import setup_size
+from pyvmm.boot.bzimage import compression, setup_size
 from pyvmm.boot.elf import is_elf
 from pyvmm.boot.image import KernelFormatError, KernelImage
 from pyvmm.boot.loader import parse_kernel, read_input_file
 from pyvmm.boot.zeropage import HEADER_FIELDS, get_field, header_end
-from pyvmm.images import vmlinux
 
 #: Program-header flags (ELF gABI): execute, write, read.
 _PF = ((4, "R"), (2, "W"), (1, "X"))
@@ -79,7 +78,7 @@ def _bzimage(data: bytes, kernel: KernelImage) -> list[str]:
     payload = data[setup + hdr.payload_offset : setup + hdr.payload_offset + hdr.payload_length]
     lines.append(
         f"payload: {hdr.payload_length} bytes at offset {hdr.payload_offset:#x} of the "
-        f"protected-mode code, {vmlinux.compression(payload) if payload else 'none'}"
+        f"protected-mode code, {compression(payload) if payload else 'none'}"
     )
     lines.append(
         f"preferred load address {hdr.pref_address:#x}, "

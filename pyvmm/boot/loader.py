@@ -13,7 +13,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyvmm.boot import layout
+from pyvmm.arch.x86_64 import layout
 from pyvmm.boot.bzimage import parse_bzimage
 from pyvmm.boot.e820 import E820Entry, build_e820
 from pyvmm.boot.elf import is_elf, parse_elf
@@ -26,7 +26,7 @@ from pyvmm.boot.zeropage import (
     ZeroPage,
 )
 from pyvmm.errors import UserError
-from pyvmm.memory import GuestMemory, RamRange
+from pyvmm.memory import GuestMemory, Range
 
 PAGE = 4096
 MiB = layout.MiB
@@ -101,12 +101,12 @@ def encode_cmdline(cmdline: str, kernel: KernelImage) -> bytes:
     return raw
 
 
-def low_ram_end(ram: list[RamRange]) -> int:
+def low_ram_end(ram: list[Range]) -> int:
     """End of the RAM that starts at address 0 (below the MMIO gap)."""
     return ram[0].end
 
 
-def check_kernel_fits(kernel: KernelImage, ram: list[RamRange]) -> None:
+def check_kernel_fits(kernel: KernelImage, ram: list[Range]) -> None:
     top = low_ram_end(ram)
     if kernel.end > top:
         need = (kernel.end + MiB - 1) // MiB
@@ -116,7 +116,7 @@ def check_kernel_fits(kernel: KernelImage, ram: list[RamRange]) -> None:
         )
 
 
-def place_initrd(size: int, kernel: KernelImage, ram: list[RamRange]) -> int:
+def place_initrd(size: int, kernel: KernelImage, ram: list[Range]) -> int:
     """The highest page-aligned address for the initrd under both the kernel's
     initrd_addr_max and the top of low RAM, and above the kernel."""
     top = min(kernel.initrd_addr_max + 1, low_ram_end(ram))

@@ -191,7 +191,7 @@ class ZeroPage:
         size = struct.calcsize(E820_ENTRY_FORMAT)
         for i, e in enumerate(entries):
             struct.pack_into(
-                E820_ENTRY_FORMAT, self.buf, E820_TABLE + i * size, e.addr, e.size, e.type
+                E820_ENTRY_FORMAT, self.buf, E820_TABLE + i * size, e.start, e.size, e.type
             )
 
     def e820(self) -> list[E820Entry]:

@@ -1,16 +1,19 @@
 """Where the serial console goes: ``--console stdio|none|file:PATH|unix:PATH``
 and ``--console-log PATH``.
 
-Each backend is an output function for the UART and, where there is one, a
-source of input for :class:`pyvmm.console.InputPump`. The Unix socket
-backend listens on PATH; one client at a time (``socat - UNIX-CONNECT:PATH``)
-sees the output and types into the guest, and another may attach after it
-leaves. Output while nobody is attached is dropped, as on a serial line.
+The Unix socket backend listens on PATH (mode 0600: the console is a root
+shell in the default guest); one client at a time
+(``socat -,raw,echo=0 UNIX-CONNECT:PATH``) sees the output and types into
+the guest, and a new client takes over from the previous one. Each client
+is a lossy output sink and an input pump, each owning a descriptor of its
+own: when the client goes, both end and close what is theirs. Output while
+nobody is attached is dropped, as on a serial line.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
 import stat
@@ -18,10 +21,14 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
+from pyvmm.console.output import ConsoleOutput, Sink
 from pyvmm.errors import UserError
 
 KINDS = ("stdio", "none", "file", "unix")
+#: Longest path a Unix socket address holds (sun_path, less its NUL).
+SUN_PATH_MAX = 107
 
 
 @dataclass(frozen=True)
@@ -40,9 +47,14 @@ def parse(text: str) -> ConsoleSpec:
     raise UserError(f"invalid --console {text!r}: use stdio, none, file:PATH or unix:PATH")
 
 
-def open_log(path: Path, append: bool = False) -> int:
+def open_log(path: Path, append: bool = False, protect: tuple[Path, ...] = ()) -> int:
     """A file for --console-log or --console file:, opened up front so a bad
-    path is a usage error before the VM exists (``append``: after a reboot)."""
+    path is a usage error before the VM exists (``append``: after a reboot).
+    ``protect``: files it must not be (the kernel, the initrd)."""
+    with contextlib.suppress(OSError):
+        for other in protect:
+            if path.exists() and os.path.samefile(path, other):
+                raise UserError(f"cannot write the console to {path}: it is the guest's {other}")
     flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_APPEND if append else os.O_TRUNC)
     try:
         return os.open(path, flags, 0o644)
@@ -50,60 +62,117 @@ def open_log(path: Path, append: bool = False) -> int:
         raise UserError(f"cannot write the console to {path}: {e.strerror}") from None
 
 
+class Stoppable(Protocol):
+    def start(self) -> None: ...
+
+    def stop(self, timeout: float = ...) -> None: ...
+
+
+#: Starts reading a client's descriptor (which it then owns) into the guest;
+#: the callback runs when that input ends.
+StartInput = Callable[[int, Callable[[], None]], Stoppable]
+
+
+class _Client:
+    """One attached client: its output sink and its input reader."""
+
+    def __init__(self, sock: socket.socket, output: ConsoleOutput, start_input: StartInput) -> None:
+        self._ended = threading.Event()
+        self.sock = sock
+        self.output = output
+        self.sink = output.add(Sink(os.dup(sock.fileno()), "unix-client", lossy=True, owns_fd=True,
+                                    on_error=lambda s, e: self.end()))  # fmt: skip
+        self.input = start_input(os.dup(sock.fileno()), self.end)
+
+    def end(self) -> None:
+        """Detach: wake both threads (shutdown) and let each close its own descriptor."""
+        if self._ended.is_set():
+            return
+        self._ended.set()
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.output.remove(self.sink)
+        self.sink.close(0)
+        self.sock.close()  # the listener's copy; the threads hold their own
+
+    def join(self, timeout: float) -> None:
+        self.input.stop(timeout)
+        self.sink.join(timeout)
+
+
 class UnixConsole:
     """A listening Unix socket; the attached client is the console."""
 
-    def __init__(self, path: Path, on_client: Callable[[int], None]) -> None:
+    def __init__(self, path: Path, output: ConsoleOutput, start_input: StartInput) -> None:
         self.path = path
-        self._on_client = on_client
-        if path.exists() or path.is_symlink():
-            if not stat.S_ISSOCK(path.lstat().st_mode):
-                raise UserError(f"--console unix:{path}: the path exists and is not a socket")
-            path.unlink()  # a socket left behind by an earlier run
+        self._output = output
+        self._start_input = start_input
+        if len(os.fsencode(path)) > SUN_PATH_MAX:
+            raise UserError(f"--console unix:{path}: the path is longer than a Unix socket "
+                            f"address holds ({SUN_PATH_MAX} bytes)")  # fmt: skip
+        _remove_stale_socket(path)
         self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
+            # Before bind, so the socket file is created private whatever the umask.
+            os.fchmod(self._server.fileno(), 0o600)
             self._server.bind(str(path))
         except OSError as e:
             self._server.close()
-            raise UserError(f"cannot listen on {path}: {e.strerror}") from None
-        self._server.listen(1)
-        self._client: socket.socket | None = None
+            raise UserError(f"cannot listen on {path}: {e.strerror or e}") from None
+        self._server.listen(4)
+        self._client: _Client | None = None
         self._lock = threading.Lock()
-        self._closed = False
+        self._closing = threading.Event()
         self._thread = threading.Thread(target=self._accept, name="pyvmm-console-unix", daemon=True)
         self._thread.start()
 
     def _accept(self) -> None:
-        while not self._closed:
+        while not self._closing.is_set():
             try:
-                client, _ = self._server.accept()
+                sock, _ = self._server.accept()
             except OSError:
                 return  # closed
             with self._lock:
-                old, self._client = self._client, client
+                if self._closing.is_set():
+                    sock.close()
+                    return
+                old, self._client = self._client, _Client(sock, self._output, self._start_input)
             if old is not None:
-                old.close()
-            self._on_client(client.fileno())
-
-    def write(self, data: bytes) -> None:
-        with self._lock:
-            client = self._client
-            if client is None:
-                return
-            try:
-                client.sendall(data)
-            except OSError:
-                self._client = None
-                client.close()
+                old.end()
+                old.join(2.0)
 
     def close(self) -> None:
-        self._closed = True
+        self._closing.set()
         with contextlib.suppress(OSError):
             self._server.shutdown(socket.SHUT_RDWR)
         self._server.close()
+        self._thread.join(2.0)
         with self._lock:
-            if self._client is not None:
-                self._client.close()
-                self._client = None
+            client, self._client = self._client, None
+        if client is not None:
+            client.end()
+            client.join(2.0)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+
+
+def _remove_stale_socket(path: Path) -> None:
+    """Refuse a path that is not a socket, or a socket that someone listens
+    on; remove a socket left behind by a process that is gone."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise UserError(f"--console unix:{path}: the path exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError as e:
+        if e.errno != errno.ECONNREFUSED:
+            raise UserError(f"--console unix:{path}: {e.strerror}") from None
+        path.unlink()  # nobody listens: left behind by an earlier run
+        return
+    finally:
+        probe.close()
+    raise UserError(f"--console unix:{path}: another program is listening on it")

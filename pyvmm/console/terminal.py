@@ -1,8 +1,5 @@
-"""The host side of the serial console: keyboard input, escapes, the terminal.
+"""The terminal side of the console: raw mode and QEMU's escapes.
 
-Input goes to the guest through the UART's receive FIFO, no faster than the
-guest empties it and only once a driver has the port open (its receive
-interrupt is on), so nothing is lost however much is pasted or piped in.
 When standard input is a terminal it is put in raw mode (every key, Ctrl-C
 included, goes to the guest) and QEMU's escapes apply: Ctrl-A x quits,
 Ctrl-A h lists the escapes, Ctrl-A Ctrl-A sends a Ctrl-A. When it is a pipe
@@ -13,13 +10,10 @@ the VM.
 from __future__ import annotations
 
 import os
-import select
 import termios
-import threading
 import tty
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 ESCAPE = 0x01  # Ctrl-A
 HELP = (
@@ -30,9 +24,6 @@ HELP = (
 )
 QUIT = "quit"
 SHOW_HELP = "help"
-READ_CHUNK = 4096
-#: How often a waiting input thread looks whether it should stop.
-POLL_SECONDS = 0.2
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -90,87 +81,3 @@ class RawTerminal:
 
     def __exit__(self, *exc: object) -> None:
         self.restore()
-
-
-class Uart(Protocol):
-    def listening(self) -> bool: ...
-
-    def rx_room(self) -> int: ...
-
-    def receive(self, data: bytes) -> int: ...
-
-
-class InputPump:
-    """A thread that feeds ``fd`` into ``uart`` at the rate the guest reads.
-
-    ``space`` is set by the UART whenever the guest takes bytes from its FIFO.
-    ``on_action`` receives escape commands (only when ``escapes`` is on).
-    """
-
-    def __init__(
-        self,
-        fd: int,
-        uart: Uart,
-        space: threading.Event,
-        escapes: bool,
-        on_action: Callable[[str], None],
-    ) -> None:
-        self.fd = fd
-        self.uart = uart
-        self.space = space
-        self.filter = EscapeFilter() if escapes else None
-        self.on_action = on_action
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="pyvmm-console-in", daemon=True)
-        #: True once the input reached its end (a pipe or file ran out).
-        self.eof = False
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self.space.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout=2)
-
-    def _read(self) -> bytes | None:
-        """Some input, b"" at its end, or None when there is none yet."""
-        ready, _, _ = select.select([self.fd], [], [], POLL_SECONDS)
-        if not ready:
-            return None
-        try:
-            return os.read(self.fd, READ_CHUNK)
-        except (BlockingIOError, InterruptedError):
-            return None
-        except OSError:
-            return b""  # a terminal that went away reads like the end of input
-
-    def _run(self) -> None:
-        pending = b""
-        while not self._stop.is_set():
-            if not pending:
-                data = self._read()
-                if data is None:
-                    continue
-                if not data:
-                    self.eof = True
-                    return
-                if self.filter is not None:
-                    data, actions = self.filter.feed(data)
-                    for action in actions:
-                        self.on_action(action)
-                pending = data
-                continue
-            # Hold input until a driver listens: bytes sent earlier would be
-            # flushed as the guest opens the port, and lost.
-            room = self.uart.rx_room() if self.uart.listening() else 0
-            if room <= 0:
-                self.space.wait(POLL_SECONDS)
-                self.space.clear()
-                continue
-            taken = self.uart.receive(pending[:room])
-            pending = pending[taken:]
-            if taken == 0:  # the UART is in loopback: the line is disconnected
-                self.space.wait(POLL_SECONDS)
-                self.space.clear()

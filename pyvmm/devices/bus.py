@@ -2,24 +2,18 @@
 
 A device claims [base, base+length) and sees offsets into its range. Accesses
 nobody claims read as all-ones and writes are dropped, which is what an
-empty ISA or PCI bus does.
+empty ISA or PCI bus does. The bus holds the device's lock around every
+access, so device models are safe when several vCPUs reach them at once.
 """
 
 from __future__ import annotations
 
 import bisect
-from typing import Protocol
+
+from pyvmm.devices.device import DeviceModel
 
 #: Most (address, size) pairs a bus remembers the answer for.
 _FOUND_MAX = 4096
-
-
-class Device(Protocol):
-    """A device model: byte-level register reads and writes at an offset."""
-
-    def read(self, offset: int, size: int) -> bytes: ...
-
-    def write(self, offset: int, data: bytes) -> None: ...
 
 
 class Bus:
@@ -28,12 +22,12 @@ class Bus:
     def __init__(self, name: str) -> None:
         self.name = name
         self._starts: list[int] = []
-        self._entries: list[tuple[int, int, Device]] = []  # (start, end, device)
-        # (addr, size) -> find()'s answer. A guest uses few distinct ports, and
-        # a dict lookup is several times cheaper than the bisection.
-        self._found: dict[tuple[int, int], tuple[Device, int] | None] = {}
+        self._entries: list[tuple[int, int, DeviceModel]] = []  # (start, end, device)
+        # (addr << 4 | size) -> find()'s answer. A guest uses few distinct
+        # ports, and a dict lookup is several times cheaper than bisection.
+        self._found: dict[int, tuple[DeviceModel, int] | None] = {}
 
-    def insert(self, base: int, length: int, device: Device) -> None:
+    def insert(self, base: int, length: int, device: DeviceModel) -> None:
         if length <= 0:
             raise ValueError("a device range must not be empty")
         end = base + length
@@ -46,11 +40,11 @@ class Bus:
         self._entries.insert(i, (base, end, device))
         self._found.clear()
 
-    def ranges(self) -> list[tuple[int, int, Device]]:
+    def ranges(self) -> list[tuple[int, int, DeviceModel]]:
         """(start, end, device) for each claimed range, in address order."""
         return list(self._entries)
 
-    def find(self, addr: int, size: int) -> tuple[Device, int] | None:
+    def find(self, addr: int, size: int) -> tuple[DeviceModel, int] | None:
         """The device whose range holds all of [addr, addr+size), with the offset."""
         i = bisect.bisect_right(self._starts, addr) - 1
         if i < 0:
@@ -60,28 +54,41 @@ class Bus:
             return None
         return device, addr - start
 
-    def _lookup(self, addr: int, size: int) -> tuple[Device, int] | None:
-        key = (addr, size)
-        try:
-            return self._found[key]
-        except KeyError:
-            hit = self.find(addr, size)
-            if len(self._found) < _FOUND_MAX:  # MMIO addresses are unbounded: stop caching
-                self._found[key] = hit
-            return hit
+    def _miss(self, addr: int, size: int) -> tuple[DeviceModel, int] | None:
+        """find(), remembered for the next access of this size at this address."""
+        hit = self.find(addr, size)
+        if 0 <= size < 16 and len(self._found) < _FOUND_MAX:  # MMIO is unbounded: stop caching
+            self._found[addr << 4 | size] = hit
+        return hit
+
+    # read() and write() run for every port access a guest makes: the cache
+    # lookup is written out in each rather than called.
 
     def read(self, addr: int, size: int) -> bytes:
-        hit = self._lookup(addr, size)
+        try:
+            hit = self._found[addr << 4 | size]
+        except KeyError:
+            hit = self._miss(addr, size)
         if hit is None:
             return b"\xff" * size
         device, offset = hit
-        data = device.read(offset, size)
+        with device.lock:
+            data = device.read(offset, size)
         if len(data) != size:  # a device model must answer exactly what was asked
             raise RuntimeError(f"{type(device).__name__} returned {len(data)} bytes, not {size}")
         return data
 
     def write(self, addr: int, data: bytes) -> None:
-        hit = self._lookup(addr, len(data))
+        try:
+            hit = self._found[addr << 4 | len(data)]
+        except KeyError:
+            hit = self._miss(addr, len(data))
         if hit is not None:
             device, offset = hit
-            device.write(offset, data)
+            with device.lock:
+                device.write(offset, data)
+
+    def owner(self, addr: int, size: int) -> str:
+        """The name of the device answering an access, for traces."""
+        hit = self.find(addr, size)
+        return hit[0].name if hit is not None else "no device model"

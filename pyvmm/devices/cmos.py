@@ -14,8 +14,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from pyvmm.devices.device import DeviceModel, Resources, State, fields, hex_bytes
+
 INDEX_PORT = 0x70
 PORT_COUNT = 2
+#: The RTC's ISA interrupt (not raised: no alarms or periodic interrupts).
+RTC_IRQ = 8
 
 REG_SECONDS = 0x00
 REG_MINUTES = 0x02
@@ -41,16 +45,36 @@ def _bcd(value: int) -> int:
     return (value // 10) << 4 | value % 10
 
 
-class CmosRtc:
+class CmosRtc(DeviceModel):
     """The clock and its 128 bytes of CMOS RAM. ``now`` returns a UTC struct_time."""
 
+    name = "CMOS RTC"
+
     def __init__(self, now: Callable[[], time.struct_time] = time.gmtime) -> None:
+        super().__init__()
         self._now = now
         self.index = 0
         self.ram = bytearray(RAM_SIZE)
         self.ram[REG_A] = A_DIVIDER_32KHZ
         self.ram[REG_B] = B_24_HOUR
         self.ram[REG_D] = D_VALID
+
+    def resources(self) -> Resources:
+        return Resources(ports=(INDEX_PORT, PORT_COUNT), isa_irq=RTC_IRQ)
+
+    def state(self) -> State:
+        """The index and RAM; the clock is the host's, so it needs no saving."""
+        with self.lock:
+            return {"index": self.index, "ram": self.ram.hex()}
+
+    def restore(self, state: State) -> None:
+        index = fields(state, {"index": (0, RAM_SIZE - 1)})["index"]
+        ram = hex_bytes(state, "ram", RAM_SIZE)
+        if len(ram) != RAM_SIZE:
+            raise ValueError("CMOS state has the wrong length")
+        with self.lock:
+            self.index = index
+            self.ram[:] = ram
 
     def read(self, offset: int, size: int) -> bytes:
         return bytes(self._read_byte(offset + i) for i in range(size))

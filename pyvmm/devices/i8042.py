@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from pyvmm.devices.device import DeviceModel, Resources, State, fields
+
 DATA_PORT = 0x60
 COMMAND_PORT = 0x64  # also the status register
 
@@ -47,16 +49,40 @@ OUTPUT_PORT_RESET = 0x01  # output port bit 0: the CPU reset line, active low
 OUTPUT_PORT_A20 = 0x02
 
 
-class I8042:
+class I8042(DeviceModel):
     """Calls ``on_reset`` when the guest pulses the CPU reset line."""
 
+    name = "i8042"
+
     def __init__(self, on_reset: Callable[[], None]) -> None:
+        super().__init__()
         self._on_reset = on_reset
         self.ctr = CTR_SYS | CTR_AUX_DISABLED
         self.status = STATUS_SYS | STATUS_KEYLOCK
         self.output: int | None = None
         self.output_port = OUTPUT_PORT_RESET | OUTPUT_PORT_A20
         self._pending: int | None = None  # command waiting for its data byte
+
+    def resources(self) -> Resources:
+        return Resources(ports=(DATA_PORT, PORT_SPAN))
+
+    def state(self) -> State:
+        with self.lock:
+            return {
+                "ctr": self.ctr,
+                "status": self.status,
+                "output": -1 if self.output is None else self.output,
+                "output_port": self.output_port,
+                "pending": -1 if self._pending is None else self._pending,
+            }
+
+    def restore(self, state: State) -> None:
+        v = fields(state, {"ctr": (0, 0xFF), "status": (0, 0xFF), "output": (-1, 0xFF),
+                           "output_port": (0, 0xFF), "pending": (-1, 0xFF)})  # fmt: skip
+        with self.lock:
+            self.ctr, self.status, self.output_port = v["ctr"], v["status"], v["output_port"]
+            self.output = None if v["output"] < 0 else v["output"]
+            self._pending = None if v["pending"] < 0 else v["pending"]
 
     def read(self, offset: int, size: int) -> bytes:
         return bytes(self._read_byte(offset + i) for i in range(size))

@@ -1,14 +1,19 @@
 """A 16550A UART, as Linux's 8250 driver finds and drives it.
 
 Register map, bits and interrupt priorities follow the 16550 datasheet
-(TI/National PC16550D). Transmission is instantaneous: a byte written to THR
-goes straight to the output callback, so THR and the shifter are always
-empty again by the time the guest looks. Received bytes wait in the 16-byte
-FIFO until the guest reads them; the host side learns how much room there is
-from :meth:`Serial16550.rx_room` and never overruns the guest unless it
-ignores that.
+(TI/National PC16550D). A byte written to THR goes straight to the output
+callback. The host side's output has a bounded buffer, and ``tx_room`` says
+how much of it is free: while less than a transmit FIFO's worth is, the
+transmitter reads as busy (LSR.THRE and TEMT clear), as on a slow line, and
+the host calls :meth:`Serial16550.tx_ready` once the buffer drains, which
+raises the THRE interrupt a driver waits for. A guest that writes while the
+transmitter is busy loses the byte, as with a real UART; ``tx_dropped``
+counts them. Received bytes wait in the 16-byte FIFO until the guest reads
+them; the host side learns how much room there is from
+:meth:`Serial16550.rx_room` and never overruns the guest unless it ignores
+that.
 
-The interrupt output is level-sensitive: ``irq(level)`` is called whenever
+The interrupt output is level-sensitive: ``irq_line(level)`` is called whenever
 the level changes, and the machine drives an ISA line (IRQ 4 for COM1) with
 it, so each new reason to interrupt produces a fresh rising edge.
 """
@@ -18,6 +23,9 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable
+from typing import ClassVar
+
+from pyvmm.devices.device import DeviceModel, Resources, State, fields, hex_bytes
 
 # Register offsets (datasheet table "Register Addresses"); DLAB is LCR bit 7.
 RBR_THR_DLL = 0  # receive buffer (read) / transmit holding (write) / divisor low
@@ -84,21 +92,36 @@ COM1_PORT, COM1_IRQ = 0x3F8, 4
 PORT_COUNT = 8
 
 
-class Serial16550:
-    """One UART. ``out`` receives transmitted bytes; ``irq`` the interrupt level."""
+def _unbounded() -> int:
+    return 1 << 30
+
+
+class Serial16550(DeviceModel):
+    """One UART at ``port`` with ISA interrupt ``isa_irq``. ``out`` receives
+    transmitted bytes; ``tx_room`` says how many more the host can take now."""
+
+    name = "COM1"
 
     def __init__(
         self,
         out: Callable[[bytes], None],
-        irq: Callable[[bool], None] = lambda level: None,
-        rx_space: threading.Event | None = None,
+        tx_room: Callable[[], int] = _unbounded,
+        port: int = COM1_PORT,
+        isa_irq: int = COM1_IRQ,
     ) -> None:
+        super().__init__()
         self._out = out
-        self._irq = irq
+        self._tx_room = tx_room
+        self._port = port
+        self._isa_irq = isa_irq
         #: Set whenever the guest makes room in the receive FIFO.
-        self.rx_space = rx_space if rx_space is not None else threading.Event()
-        self._lock = threading.Lock()
+        self.rx_space = threading.Event()
+        #: Bytes the guest wrote while the transmitter was busy (lost).
+        self.tx_dropped = 0
         self.reset()
+
+    def resources(self) -> Resources:
+        return Resources(ports=(self._port, PORT_COUNT), isa_irq=self._isa_irq)
 
     def reset(self) -> None:
         self.ier = 0
@@ -115,11 +138,43 @@ class Serial16550:
         self.thr_ipending = False
         self._irq_level = False
 
+    # -- saved state -----------------------------------------------------
+
+    #: Saved registers and the range each may hold.
+    _REGS: ClassVar[dict[str, tuple[int, int]]] = {
+        "ier": (0, IER_MASK), "lcr": (0, 0xFF), "mcr": (0, MCR_MASK), "lsr": (0, 0xFF),
+        "msr": (0, 0xFF), "scr": (0, 0xFF), "dll": (0, 0xFF), "dlm": (0, 0xFF),
+        "fifo_enabled": (0, 1), "rx_trigger": (1, FIFO_SIZE), "thr_ipending": (0, 1),
+        "irq_level": (0, 1),
+    }  # fmt: skip
+
+    def state(self) -> State:
+        with self.lock:
+            return {
+                **{name: int(getattr(self, name)) for name in self._REGS if name != "irq_level"},
+                "irq_level": int(self._irq_level),
+                "rx": bytes(self.rx).hex(),
+            }
+
+    def restore(self, state: State) -> None:
+        values = fields(state, self._REGS)
+        rx = hex_bytes(state, "rx", FIFO_SIZE)
+        with self.lock:
+            for name, value in values.items():
+                if name == "irq_level":
+                    self._irq_level = bool(value)
+                elif name in ("fifo_enabled", "thr_ipending"):
+                    setattr(self, name, bool(value))
+                else:
+                    setattr(self, name, value)
+            self.rx = deque(rx)
+        self.tx_ready()  # this side's output may have room that the saved one had not
+
     # -- host side -------------------------------------------------------
 
     def rx_room(self) -> int:
         """How many bytes :meth:`receive` would accept now."""
-        with self._lock:
+        with self.lock:
             return self._rx_capacity() - len(self.rx)
 
     def listening(self) -> bool:
@@ -129,7 +184,7 @@ class Serial16550:
         OUT2 low, and while opening the port enables RDI just before it turns
         the FIFOs on, which by the datasheet clears them; a host that holds
         input until all of this is true loses none of it."""
-        with self._lock:
+        with self.lock:
             return bool(
                 self.fifo_enabled
                 and self.ier & IER_RDI
@@ -139,26 +194,40 @@ class Serial16550:
 
     def receive(self, data: bytes) -> int:
         """Bytes arriving on the line; returns how many fit (the rest would overrun)."""
-        with self._lock:
+        with self.lock:
             if self.mcr & MCR_LOOP:  # in loopback the line input is disconnected
                 return 0
             taken = self._push_rx(data)
             self._update_irq()
             return taken
 
-    # -- guest side ------------------------------------------------------
+    def tx_ready(self) -> None:
+        """The host's output buffer has room again: the transmitter empties."""
+        with self.lock:
+            if self.lsr & LSR_THRE or self._tx_room() < FIFO_SIZE:
+                return
+            self.lsr |= LSR_THRE | LSR_TEMT
+            if self.ier & IER_THRI:
+                self.thr_ipending = True
+            self._update_irq()
+
+    # -- guest side (the bus holds the lock) ------------------------------
 
     def read(self, offset: int, size: int) -> bytes:
-        with self._lock:
+        if size == 1:
+            data = bytes((self._read_reg(offset),))
+        else:
             data = bytes(self._read_reg(offset + i) for i in range(size))
-            self._update_irq()
-            return data
+        self._update_irq()
+        return data
 
     def write(self, offset: int, data: bytes) -> None:
-        with self._lock:
+        if len(data) == 1:
+            self._write_reg(offset, data[0])
+        else:
             for i, value in enumerate(data):
                 self._write_reg(offset + i, value)
-            self._update_irq()
+        self._update_irq()
 
     # -- registers -------------------------------------------------------
 
@@ -264,8 +333,15 @@ class Serial16550:
         self._update_irq()  # drop the line, so the THRE below is a new edge
         if self.mcr & MCR_LOOP:
             self._push_rx(bytes([value]))
-        else:
+        elif self._tx_room() > 0:
             self._out(bytes([value]))
+            if self._tx_room() < FIFO_SIZE:
+                # The line is slow: the transmitter stays busy until tx_ready().
+                self.lsr &= ~(LSR_THRE | LSR_TEMT)
+                return
+        else:
+            self.tx_dropped += 1
+            return
         if self.ier & IER_THRI:
             self.thr_ipending = True
 
@@ -304,4 +380,4 @@ class Serial16550:
         level = self._pending() != IIR_NO_INT
         if level != self._irq_level:
             self._irq_level = level
-            self._irq(level)
+            self.irq_line(level)

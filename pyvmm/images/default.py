@@ -23,10 +23,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyvmm.images import debian, initramfs
+from pyvmm.boot.bzimage import compression, payload
+from pyvmm.images import GUEST_KINDS, debian, initramfs
 from pyvmm.images.cache import cache_dir, progress, staging_dir, write_atomic
 from pyvmm.images.debian import ImageError
-from pyvmm.images.vmlinux import compression, extract_vmlinux, payload
+from pyvmm.images.vmlinux import extract_vmlinux
 
 #: The repository's images/ directory: the init script and the config fragment.
 IMAGES_SRC = Path(__file__).resolve().parents[2] / "images"
@@ -209,8 +210,6 @@ def initramfs_image(refresh: bool = False) -> Path:
 #: The default guest's command line: console on COM1; the i8042 options stop
 #: Linux probing for a mouse and keyboard that are not there.
 DEFAULT_CMDLINE = "console=ttyS0 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd"
-
-GUEST_KINDS = ("auto", "stock", "small")
 
 
 @dataclass(frozen=True)

@@ -15,44 +15,13 @@ import lzma
 import struct
 import zlib
 
-from pyvmm.boot.bzimage import parse_bzimage, setup_size
+from pyvmm.boot.bzimage import compression, payload
 from pyvmm.boot.elf import is_elf
 from pyvmm.boot.image import KernelFormatError
-from pyvmm.boot.zeropage import SetupHeader
-
-#: Magic bytes at the start of each kind of payload.
-MAGICS = {
-    b"\x1f\x8b": "gzip",
-    b"\x1f\x9e": "gzip",
-    b"BZh": "bzip2",
-    b"\x5d\x00\x00": "lzma",
-    b"\xfd7zXZ\x00": "xz",
-    b"\x89LZO": "lzo",
-    b"\x02\x21\x4c\x18": "lz4",
-    b"\x28\xb5\x2f\xfd": "zstd",
-}
 
 #: LZ4 "legacy" frames: blocks of at most 8 MiB, each after its 32-bit size.
 LZ4_LEGACY_MAGIC = 0x184C2102
 LZ4_LEGACY_BLOCK = 8 << 20
-
-
-def payload(bzimage: bytes) -> bytes:
-    """The compressed kernel inside a bzImage."""
-    parse_bzimage(bzimage)  # checks the header, raises KernelFormatError
-    hdr = SetupHeader.parse(bzimage)
-    start = setup_size(hdr) + hdr.payload_offset
-    end = start + hdr.payload_length
-    if hdr.payload_length == 0 or end > len(bzimage):
-        raise KernelFormatError("bzImage has no payload inside the file (payload_offset/length)")
-    return bzimage[start:end]
-
-
-def compression(data: bytes) -> str:
-    for magic, name in MAGICS.items():
-        if data.startswith(magic):
-            return name
-    return "unknown"
 
 
 def _lz4_legacy(data: bytes, size: int) -> bytes:

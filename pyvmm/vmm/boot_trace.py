@@ -1,39 +1,19 @@
-"""What ``--trace boot``, ``--trace exits`` and ``--stats`` print.
+"""What ``--trace boot`` prints: each step of building and booting the
+machine, with its numbers.
 
 Written for someone learning how a VMM works: each boot step says what pyvmm
-did and with which numbers; each VM exit says why the guest stopped and what
-it wanted; the statistics say where the exits came from and what handling
-them cost. Everything goes to standard error, leaving standard output to
-the guest's console.
+did and with which numbers. Everything goes to standard error, leaving
+standard output to the guest's console. (VM exits: :mod:`pyvmm.vmm.exit_log`.)
 """
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
-from pyvmm.arch.x86_64 import gdt, paging
-from pyvmm.boot import layout
+from pyvmm.arch.x86_64 import gdt, layout, paging
 from pyvmm.boot.image import KernelImage
 from pyvmm.boot.loader import BootInfo
-from pyvmm.errors import UserError
-from pyvmm.kvm import lib
-
-TRACE_KINDS = ("boot", "exits")
-_EXIT_IO, _EXIT_INTERNAL_ERROR = lib.KVM_EXIT_IO, lib.KVM_EXIT_INTERNAL_ERROR
-
-#: KVM_EXIT_* values by name, for the ones pyvmm can meet.
-EXIT_NAMES = {
-    getattr(lib, f"KVM_EXIT_{name}"): name
-    for name in (
-        "UNKNOWN", "EXCEPTION", "IO", "HYPERCALL", "DEBUG", "HLT", "MMIO",
-        "IRQ_WINDOW_OPEN", "SHUTDOWN", "FAIL_ENTRY", "INTR", "SET_TPR", "TPR_ACCESS",
-        "INTERNAL_ERROR", "SYSTEM_EVENT", "IOAPIC_EOI", "X86_RDMSR", "X86_WRMSR",
-    )
-}  # fmt: skip
 
 #: Setup-header fields a bzImage's loader reads, with what each one decides.
 SETUP_HEADER_MEANING = {
@@ -53,14 +33,6 @@ SETUP_HEADER_MEANING = {
     "payload_offset": "compressed kernel, offset in the protected-mode code",
     "payload_length": "compressed kernel, length",
 }
-
-
-def parse_kinds(text: str) -> tuple[str, ...]:
-    """``--trace boot,exits``: which traces, each named once."""
-    kinds = tuple(dict.fromkeys(k for k in text.split(",") if k))
-    if unknown := [k for k in kinds if k not in TRACE_KINDS]:
-        raise UserError(f"unknown --trace {unknown[0]!r}: choose from {', '.join(TRACE_KINDS)}")
-    return kinds
 
 
 def _size(n: int) -> str:
@@ -115,11 +87,28 @@ def kernel_lines(path: object, kernel: KernelImage) -> list[str]:
     return lines
 
 
-def memory_lines(slots: Iterable[tuple[int, int, int, int]]) -> list[str]:
+def vm_lines(vm_fd: int) -> list[str]:
+    return [
+        f"KVM_CREATE_VM -> VM descriptor {vm_fd}",
+        f"KVM_SET_TSS_ADDR {layout.TSS_ADDR:#x}, KVM_SET_IDENTITY_MAP_ADDR "
+        f"{layout.IDENTITY_MAP_ADDR:#x} (pages Intel VMX needs, in the MMIO gap)",
+        "KVM_CREATE_IRQCHIP: PIC pair, IOAPIC and a LAPIC per vCPU, in the kernel",
+        "KVM_CREATE_PIT2: the 8254 timer, in the kernel",
+    ]
+
+
+def memory_lines(
+    slots: Iterable[tuple[int, int, int, int]], file_backed: bool = False
+) -> list[str]:
     """(slot, guest address, size, host address) per KVM memory slot."""
+    how = (
+        "mmap of the snapshot's memory file, MAP_PRIVATE: read when touched, copy-on-write"
+        if file_backed
+        else "mmap MAP_PRIVATE|MAP_ANONYMOUS|MAP_NORESERVE: untouched until used"
+    )
     return [
         f"slot {slot}: guest {gpa:#012x}-{gpa + size - 1:#012x} ({_size(size)}) "
-        f"-> host {host:#x} (mmap MAP_PRIVATE|MAP_ANONYMOUS|MAP_NORESERVE: untouched until used)"
+        f"-> host {host:#x} ({how})"
         for slot, gpa, size, host in slots
     ]
 
@@ -204,118 +193,18 @@ def register_lines(regs: Any, sregs: Any) -> list[str]:
     ]
 
 
-def device_lines(ranges: Iterable[tuple[int, int, object]], irq_chip: str) -> list[str]:
+def device_lines(devices: Iterable[Any], irq_chip: str) -> list[str]:
+    """One line per placed device (vmm.device_manager.Placed): where it lives."""
     lines = [f"in KVM: {irq_chip}"]
-    lines += [f"ports {start:#06x}-{end - 1:#06x}: {type(d).__name__}" for start, end, d in ranges]
+    for placed in devices:
+        a = placed.allocation
+        where = []
+        if a.ports is not None:
+            where.append(f"ports {a.ports[0]:#06x}-{a.ports[0] + a.ports[1] - 1:#06x}")
+        if a.mmio is not None:
+            where.append(f"MMIO {a.mmio.start:#x}-{a.mmio.end - 1:#x}")
+        if a.irq is not None:
+            where.append(f"IRQ {a.irq}")
+        lines.append(f"{placed.key}: {', '.join(where)} ({type(placed.device).__name__})")
     lines.append("anything else: reads all-ones, writes ignored (an empty bus)")
     return lines
-
-
-# -- exits -------------------------------------------------------------------
-
-
-def describe_exit(reason: int, run: Any, page: memoryview) -> tuple[str, str, bytes]:
-    """(reason name, where: port or address and direction, data) for an exit."""
-    name = EXIT_NAMES.get(reason, f"exit {reason}")
-    if reason == lib.KVM_EXIT_IO:
-        io = run.io
-        out = io.direction == lib.KVM_EXIT_IO_OUT
-        start = io.data_offset
-        data = bytes(page[start : start + io.size * io.count][:16])
-        return name, f"port {io.port:#06x} {'out' if out else 'in'} size {io.size}", data
-    if reason == lib.KVM_EXIT_MMIO:
-        mmio = run.mmio
-        n = min(mmio.len, 8)
-        where = f"{'write' if mmio.is_write else 'read'} {mmio.phys_addr:#x} size {mmio.len}"
-        return name, where, bytes(mmio.data[0:n])
-    return name, "", b""
-
-
-@dataclass
-class _Count:
-    exits: int = 0
-    handler_ns: int = 0
-
-
-@dataclass
-class ExitObserver:
-    """Logs exits (rate-limited) and counts them for ``--stats``.
-
-    The log shows the first ``burst`` exits, then at most ``per_second``
-    lines each second, with a line saying how many it left out: a boot
-    makes hundreds of thousands of exits.
-    """
-
-    log: Callable[[str], None] | None = None
-    count: bool = False
-    #: Names what answers a port (the machine sets it once devices exist).
-    port_owner: Callable[[int, int], str] | None = None
-    #: Names the instruction pyvmm just completed for KVM (PVM hosts).
-    emulated: Callable[[], str] | None = None
-    burst: int = 500
-    per_second: int = 50
-    _counts: dict[tuple[str, str], _Count] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _logged: int = 0
-    _window: float = 0.0
-    _in_window: int = 0
-    _skipped: int = 0
-
-    def record(
-        self, vcpu_id: int, reason: int, run: Any, page: memoryview, handler_ns: int
-    ) -> None:
-        name, where, data = describe_exit(reason, run, page)
-        if reason == _EXIT_IO and self.port_owner is not None:
-            where = f"{where} ({self.port_owner(run.io.port, run.io.size)})"
-        elif reason == _EXIT_INTERNAL_ERROR and self.emulated is not None:
-            where = f"emulation: {self.emulated()}"
-        with self._lock:
-            if self.count:
-                c = self._counts.setdefault((name, where), _Count())
-                c.exits += 1
-                c.handler_ns += handler_ns
-            if self.log is not None and self._admit():
-                skipped, self._skipped = self._skipped, 0
-                note = f"exit ({skipped} not shown)\n" if skipped else ""
-                self.log(
-                    f"{note}exit vCPU {vcpu_id} {name} {where}"
-                    + (f" data {data.hex(' ')}" if data else "")
-                    + f" ({handler_ns / 1000:.1f} µs)\n"
-                )
-
-    def _admit(self) -> bool:
-        if self._logged < self.burst:
-            self._logged += 1
-            return True
-        now = time.monotonic()
-        if now - self._window >= 1.0:
-            self._window, self._in_window = now, 0
-        if self._in_window < self.per_second:
-            self._in_window += 1
-            return True
-        self._skipped += 1
-        return False
-
-    def table(self, limit: int = 25) -> str:
-        """Exits by reason and place, most frequent first."""
-        with self._lock:
-            rows = sorted(self._counts.items(), key=lambda kv: -kv[1].exits)
-        total = sum(c.exits for _, c in rows)
-        total_ns = sum(c.handler_ns for _, c in rows)
-        out = [
-            f"{'exits':>9} {'share':>6} {'handler ms':>11} {'µs/exit':>8}  reason and place",
-        ]
-        shown, rest = rows[:limit], rows[limit:]
-        for (name, where), c in shown:
-            out.append(
-                f"{c.exits:9} {100 * c.exits / max(total, 1):5.1f}% {c.handler_ns / 1e6:11.1f} "
-                f"{c.handler_ns / 1000 / c.exits:8.1f}  {name} {where}".rstrip()
-            )
-        if rest:
-            n = sum(c.exits for _, c in rest)
-            ns = sum(c.handler_ns for _, c in rest)
-            share = 100 * n / max(total, 1)
-            out.append(f"{n:9} {share:5.1f}% {ns / 1e6:11.1f} {'':8}  ({len(rest)} other places)")
-        per_exit = total_ns / 1000 / max(total, 1)
-        out.append(f"{total:9} {'100%':>6} {total_ns / 1e6:11.1f} {per_exit:8.1f}  all exits")
-        return "\n".join(out) + "\n"

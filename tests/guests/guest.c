@@ -325,6 +325,16 @@ void guest_main(const u8 *bp, u64 entry)
         puts("flood end\n");
     }
 
+    if (has_word(cmdline, "action=count")) {
+        for (u64 n = 1;; n++) {
+            puts("count ");
+            putdec(n);
+            puts("\n");
+            for (volatile int i = 0; i < 20000; i++) /* a little time between lines */
+                ;
+        }
+    }
+
     if (has_word(cmdline, "action=spin")) {
         puts("spinning\n"); /* no exits, no halt: only the host can end this */
         __asm__ volatile("cli; 1: jmp 1b");

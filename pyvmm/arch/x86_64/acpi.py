@@ -13,13 +13,16 @@ numbers the UART, the RTC and the i8042 rely on.
 
 Layouts: ACPI Specification 6.5, chapter 5: RSDP (5.2.5.3), the common
 table header (5.2.6), XSDT (5.2.8), FADT (5.2.9, table 5.9), FACS (5.2.10),
-MADT (5.2.12), PM1 registers (4.8.3); AML encodings from chapter 20.
+MADT (5.2.12), PM1 registers (4.8.3). The DSDT's objects are encoded by
+:mod:`pyvmm.arch.x86_64.aml`; each device supplies its own.
 """
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+
+from pyvmm.arch.x86_64 import aml
 
 OEM_ID = b"PYVMM "  # 6 bytes
 OEM_TABLE_ID = b"PYVMMTBL"  # 8 bytes
@@ -64,27 +67,10 @@ PM1_SCI_EN = 1 << 0
 SLEEP_TYPE_SHIFT = 10
 SLEEP_TYPE_MASK = 0x7 << SLEEP_TYPE_SHIFT
 SLEEP_ENABLE = 1 << 13
+#: Room for the tables: up to the end of the BIOS area at 1 MiB.
+MAX_SIZE = 0x20000
 #: MADT interrupt source override flags (table 5.26): active high, level.
 ISO_ACTIVE_HIGH_LEVEL = 0x1 | 0xC
-
-# AML opcodes and prefixes (chapter 20).
-AML_ZERO = 0x00
-AML_NAME = 0x08
-AML_BYTE_PREFIX = 0x0A
-AML_STRING_PREFIX = 0x0D
-AML_SCOPE = 0x10
-AML_BUFFER = 0x11
-AML_PACKAGE = 0x12
-AML_EXT_PREFIX = 0x5B
-AML_DEVICE = 0x82  # after AML_EXT_PREFIX
-AML_ROOT_PREFIX = 0x5C  # "\\"
-#: Resource descriptors (6.4.2): I/O port, 16-bit decode; the end tag.
-RESOURCE_IO = 0x47
-RESOURCE_IO_DECODE16 = 0x01
-RESOURCE_END_TAG = 0x79
-
-#: The pvpanic device's ACPI hardware ID (QEMU's, which Linux's driver matches).
-PVPANIC_HID = "QEMU0001"
 
 
 def checksum(data: bytes | bytearray) -> int:
@@ -155,87 +141,6 @@ def facs() -> bytes:
     return struct.pack("<4sIIIIIQB31x", b"FACS", FACS_SIZE, 0, 0, 0, 0, 0, FACS_VERSION)
 
 
-def aml_pkg_length(length: int) -> bytes:
-    """PkgLength (20.2.4) for ``length`` bytes of contents; the encoding
-    counts its own bytes."""
-    if length + 1 < 0x40:
-        return bytes([length + 1])
-    for extra in (1, 2, 3):
-        total = length + 1 + extra
-        if total < 1 << (4 + 8 * extra):
-            lead = (extra << 6) | (total & 0xF)
-            return bytes([lead]) + (total >> 4).to_bytes(extra, "little")
-    raise ValueError(f"AML package of {length} bytes is too long")
-
-
-def aml_name_seg(name: str) -> bytes:
-    """A 4-character NameSeg, padded with underscores as ASL does."""
-    if not 1 <= len(name) <= 4:
-        raise ValueError(f"AML name {name!r} must be 1-4 characters")
-    return name.ljust(4, "_").encode("ascii")
-
-
-def aml_name(name: str, value: bytes) -> bytes:
-    """``Name (NAME, value)``; ``value`` is an already encoded data object."""
-    return bytes([AML_NAME]) + aml_name_seg(name) + value
-
-
-def aml_string(text: str) -> bytes:
-    return bytes([AML_STRING_PREFIX]) + text.encode("ascii") + b"\0"
-
-
-def aml_byte(value: int) -> bytes:
-    return bytes([AML_BYTE_PREFIX, value])
-
-
-def aml_buffer(data: bytes) -> bytes:
-    if len(data) > 0xFF:
-        raise ValueError("only buffers of up to 255 bytes are encoded here")
-    contents = aml_byte(len(data)) + data  # BufferSize, then the bytes
-    return bytes([AML_BUFFER]) + aml_pkg_length(len(contents)) + contents
-
-
-def aml_device(name: str, body: bytes) -> bytes:
-    contents = aml_name_seg(name) + body
-    return bytes([AML_EXT_PREFIX, AML_DEVICE]) + aml_pkg_length(len(contents)) + contents
-
-
-def aml_scope(path: str, body: bytes) -> bytes:
-    """``Scope (\\NAME) { body }`` for a name directly under the root."""
-    contents = bytes([AML_ROOT_PREFIX]) + aml_name_seg(path.lstrip("\\")) + body
-    return bytes([AML_SCOPE]) + aml_pkg_length(len(contents)) + contents
-
-
-def io_resources(port: int, length: int) -> bytes:
-    """A ResourceTemplate holding one fixed I/O range, for a _CRS."""
-    io = struct.pack("<BBHHBB", RESOURCE_IO, RESOURCE_IO_DECODE16, port, port, 1, length)
-    return io + bytes([RESOURCE_END_TAG, 0])  # checksum 0: "treat as correct"
-
-
-def aml_pvpanic(port: int) -> bytes:
-    """The pvpanic device under \\_SB: Linux writes to its port on a panic."""
-    device = aml_device(
-        "PEVT",
-        aml_name("_HID", aml_string(PVPANIC_HID))
-        + aml_name("_CRS", aml_buffer(io_resources(port, 1)))
-        + aml_name("_STA", aml_byte(0x0F)),  # present, enabled, shown, working
-    )
-    return aml_scope("_SB", device)
-
-
-def aml_s5(sleep_type: int = S5_SLEEP_TYPE) -> bytes:
-    """``Name (\\_S5, Package () { SLP_TYPa, SLP_TYPb, 0, 0 })``."""
-    elements = bytes([AML_BYTE_PREFIX, sleep_type, AML_BYTE_PREFIX, sleep_type, AML_ZERO, AML_ZERO])
-    contents = bytes([4]) + elements  # NumElements, then the elements
-    return (
-        bytes([AML_NAME])
-        + b"_S5_"
-        + bytes([AML_PACKAGE])
-        + aml_pkg_length(len(contents))
-        + contents
-    )
-
-
 def dsdt(aml: bytes) -> bytes:
     # Revision 2: integers in the AML are 64 bits wide.
     return table(b"DSDT", 2, aml)
@@ -279,15 +184,17 @@ def build(
     ioapic_addr: int,
     pm1_evt_port: int,
     pm1_cnt_port: int,
-    pvpanic_port: int,
+    devices: bytes = b"",
 ) -> Tables:
     """Every table, laid out from ``base`` (16-byte aligned, RSDP first, as
-    the RSDP must be when a guest scans 0xE0000-0xFFFFF for it)."""
+    the RSDP must be when a guest scanning 0xE0000-0xFFFFF finds it).
+    ``devices``: the devices' own AML objects, placed under \\_SB."""
     if base % 16:
         raise ValueError("the RSDP must be 16-byte aligned")
     blobs: dict[int, bytes] = {}
     addr = _align(base + RSDP_SIZE)
-    dsdt_addr, dsdt_blob = addr, dsdt(aml_s5() + aml_pvpanic(pvpanic_port))
+    body = aml.sleep_state("_S5", S5_SLEEP_TYPE) + (aml.scope("_SB", devices) if devices else b"")
+    dsdt_addr, dsdt_blob = addr, dsdt(body)
     blobs[dsdt_addr] = dsdt_blob
     addr = _align(addr + len(dsdt_blob), 64)  # the FACS must be 64-byte aligned
     facs_addr = addr
@@ -301,4 +208,6 @@ def build(
     addr = _align(addr + len(madt_blob))
     blobs[addr] = xsdt([fadt_addr, madt_addr])
     blobs[base] = rsdp(addr)
+    if max(a + len(b) for a, b in blobs.items()) > base + MAX_SIZE:
+        raise ValueError("the ACPI tables do not fit their area")
     return Tables(base, blobs)

@@ -1,4 +1,5 @@
-"""Every fixed guest-physical address pyvmm uses, in ascending order.
+"""Every fixed guest-physical address pyvmm uses, in ascending order, and
+the interrupt lines devices may take.
 
 The first megabyte follows the PC convention Linux expects (real-mode
 structures low, EBDA just under 640 KiB, BIOS area up to 1 MiB); the boot
@@ -6,6 +7,8 @@ structures pyvmm builds itself live in otherwise unused low pages. The
 Linux boot protocol (Documentation/arch/x86/boot.rst) only requires that the
 zero page, command line and kernel be identity-mapped at the 64-bit entry.
 """
+
+from pyvmm.memory import Range
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -43,6 +46,15 @@ ACPI_TABLES_ADDR = 0xE0000
 HIMEM_START = 0x100000
 #: Start of the 32-bit MMIO gap: RAM beyond this much is placed above 4 GiB.
 MMIO_GAP_START = 3 * GiB
+#: The MMIO device window: the device manager hands out ranges from here,
+#: one page per device (a virtio-mmio register block is 0x100 bytes and
+#: Linux maps whole pages). 16 MiB holds 4096 devices; the rest of the gap
+#: up to the I/O APIC stays empty, reading all-ones.
+MMIO_WINDOW_START = 0xD0000000
+MMIO_WINDOW_SIZE = 16 * MiB
+MMIO_WINDOW_END = MMIO_WINDOW_START + MMIO_WINDOW_SIZE
+#: Bytes of the window each device gets.
+MMIO_DEVICE_SIZE = 0x1000
 #: I/O APIC registers: where KVM's in-kernel I/O APIC sits (its fixed default
 #: base, the PC convention), as the MADT tells the guest.
 IOAPIC_ADDR = 0xFEC00000
@@ -54,3 +66,22 @@ IDENTITY_MAP_ADDR = 0xFFFBC000
 TSS_ADDR = 0xFFFBD000
 #: End of the 32-bit MMIO gap; RAM continues here.
 MMIO_GAP_END = 4 * GiB
+
+# -- interrupt lines ------------------------------------------------------------
+#
+# KVM's in-kernel I/O APIC has 24 inputs; GSI n is input n. GSIs 0-15 are the
+# ISA interrupts, wired to the PIC pair as well (the UART's 4, the RTC's 8);
+# the device manager gives GSIs 16-23, which only the I/O APIC sees, to
+# devices that declare an interrupt without a fixed ISA number.
+IOAPIC_PINS = 24
+GSI_ALLOC_FIRST = 16
+GSI_ALLOC_LAST = IOAPIC_PINS - 1
+
+
+def ram_ranges(
+    size: int, gap_start: int = MMIO_GAP_START, gap_end: int = MMIO_GAP_END
+) -> list[Range]:
+    """Guest RAM of ``size`` bytes, split around the 32-bit MMIO gap."""
+    if size <= gap_start:
+        return [Range(0, size)]
+    return [Range(0, gap_start), Range(gap_end, size - gap_start)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
-from pyvmm.boot import layout
+from pyvmm.arch.x86_64 import layout
 
 PTE_PRESENT = 1 << 0
 PTE_WRITABLE = 1 << 1

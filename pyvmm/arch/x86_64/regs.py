@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pyvmm.arch.x86_64 import gdt
+from pyvmm.arch.x86_64 import gdt, layout
 from pyvmm.arch.x86_64.paging import identity_map
-from pyvmm.boot import layout
 from pyvmm.kvm import Vcpu
 from pyvmm.memory import GuestMemory
 
