@@ -61,8 +61,19 @@ def host_is_pvm(module: Path = PVM_MODULE) -> bool:
     return module.is_dir()
 
 
+#: With more than one vCPU, also ``nopv``: Linux as a KVM guest sends IPIs
+#: with a hypercall (KVM_HC_SEND_IPI), and on this host the guest sees the
+#: outer hypervisor's KVM feature leaf, whatever KVM_SET_CPUID2 says, so it
+#: always does; KVM's emulator then tries to rewrite the VMCALL in the
+#: guest's read-only kernel text, and the guest oopses. ``nopv`` makes Linux
+#: a plain x86 guest: native IPIs through the local APIC, the TSC as its
+#: clock instead of kvmclock.
+SMP_CMDLINE = ("nopv",)
+
+
 def guest_cmdline(cmdline: str, cpus: int = 1) -> str:
     """``cmdline`` with the PVM options it does not already have appended."""
     words = cmdline.split()
-    extra = [opt for opt in GUEST_CMDLINE if opt not in words]
+    wanted = GUEST_CMDLINE + (SMP_CMDLINE if cpus > 1 else ())
+    extra = [opt for opt in wanted if opt not in words]
     return " ".join([cmdline, *extra]) if cmdline and extra else cmdline or " ".join(extra)
