@@ -93,6 +93,11 @@ class DeviceModel:
         """Words the kernel command line needs for this device (none by default)."""
         return ""
 
+    def coalesced(self) -> tuple[tuple[int, int], ...]:
+        """(offset, size) of registers whose writes KVM may batch instead of
+        exiting (they are applied, in order, before the next exit is handled)."""
+        return ()
+
     def fadt(self) -> dict[str, int]:
         """FADT fields this device provides (the PM1 blocks)."""
         return {}

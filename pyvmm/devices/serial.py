@@ -123,6 +123,11 @@ class Serial16550(DeviceModel):
     def resources(self) -> Resources:
         return Resources(ports=(self._port, PORT_COUNT), isa_irq=self._isa_irq)
 
+    def coalesced(self) -> tuple[tuple[int, int], ...]:
+        """THR: Linux's 8250 driver writes a FIFO's worth after each THRE
+        interrupt without reading in between; each byte need not exit."""
+        return ((RBR_THR_DLL, 1),)
+
     def reset(self) -> None:
         self.ier = 0
         self.lcr = 0

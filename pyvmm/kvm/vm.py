@@ -145,6 +145,15 @@ class Vm:
             init["resamplefd"] = resample_fd
         ioctl(self.fd, "KVM_IRQFD", ffi.new("struct kvm_irqfd *", init))
 
+    def register_coalesced(self, addr: int, size: int, pio: bool) -> None:
+        """KVM_REGISTER_COALESCED_MMIO: writes to [addr, addr+size) (ports,
+        with ``pio``) go to the coalesced ring instead of exiting."""
+        zone = ffi.new("struct kvm_coalesced_mmio_zone *", {"addr": addr, "size": size})
+        # ``pio`` shares a union with padding, which cffi cannot name: it is
+        # the u32 after ``size`` (struct kvm_coalesced_mmio_zone in <linux/kvm.h>).
+        ffi.buffer(zone)[12:16] = int(pio).to_bytes(4, "little")
+        ioctl(self.fd, "KVM_REGISTER_COALESCED_MMIO", zone)
+
     def create_vcpu(self, vcpu_id: int) -> Vcpu:
         """KVM_CREATE_VCPU, then map its ``struct kvm_run``."""
         fd = ioctl_val(self.fd, "KVM_CREATE_VCPU", vcpu_id)

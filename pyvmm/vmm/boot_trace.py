@@ -193,8 +193,11 @@ def register_lines(regs: Any, sregs: Any) -> list[str]:
     ]
 
 
-def device_lines(devices: Iterable[Any], irq_chip: str) -> list[str]:
-    """One line per placed device (vmm.device_manager.Placed): where it lives."""
+def device_lines(
+    devices: Iterable[Any], irq_chip: str, coalesced: Iterable[tuple[int, int, bool]] = ()
+) -> list[str]:
+    """One line per placed device (vmm.device_manager.Placed): where it lives;
+    then the registers whose writes KVM batches."""
     lines = [f"in KVM: {irq_chip}"]
     for placed in devices:
         a = placed.allocation
@@ -207,4 +210,10 @@ def device_lines(devices: Iterable[Any], irq_chip: str) -> list[str]:
             where.append(f"IRQ {a.irq}")
         lines.append(f"{placed.key}: {', '.join(where)} ({type(placed.device).__name__})")
     lines.append("anything else: reads all-ones, writes ignored (an empty bus)")
+    for addr, size, pio in coalesced:
+        where = f"port {addr:#06x}" if pio else f"MMIO {addr:#x}"
+        lines.append(
+            f"{where} ({size} byte): writes batched by KVM in the coalesced ring, "
+            "no exit (KVM_REGISTER_COALESCED_MMIO)"
+        )
     return lines

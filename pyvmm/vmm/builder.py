@@ -27,6 +27,7 @@ from pyvmm.kvm import Kvm, KvmError, lib
 from pyvmm.kvm.system import API_VERSION
 from pyvmm.memory import GuestMemory
 from pyvmm.vmm import boot_trace, fresh_boot
+from pyvmm.vmm.coalesced import CoalescedRing
 from pyvmm.vmm.config import MachineConfig
 from pyvmm.vmm.device_manager import DeviceManager, PcEvents, add_pc_devices
 from pyvmm.vmm.ending import Ending, Outcome
@@ -129,10 +130,16 @@ def assemble(vmm: Vmm, trace: boot_trace.BootTrace, memory_file: int | None = No
         panic=lambda: vmm.stop(Outcome(Ending.PANIC, "guest kernel panicked")),
     )
     vmm.com1 = add_pc_devices(vmm.devices, vmm.console.write, vmm.console.room, events)
+    coalesced = vmm.devices.coalesced if kvm.check_extension(lib.KVM_CAP_COALESCED_PIO) else []
+    for addr, size, pio in coalesced:
+        vm.register_coalesced(addr, size, pio)
+    if coalesced:
+        vmm.ring = CoalescedRing(vmm.vcpus[0], vmm.pio, vmm.mmio)
+        vmm.handler.use_ring(vmm.ring)
     if trace:
         trace.step(
             "place the devices (vmm.device_manager)",
-            boot_trace.device_lines(vmm.devices, "PIC, IOAPIC, LAPIC, PIT"),
+            boot_trace.device_lines(vmm.devices, "PIC, IOAPIC, LAPIC, PIT", coalesced),
         )
 
 

@@ -47,6 +47,8 @@ class DeviceManager:
         self._placed: list[Placed] = []
         self._next_mmio = layout.MMIO_WINDOW_START
         self._next_gsi = layout.GSI_ALLOC_FIRST
+        #: (address, size, is port I/O) of registers whose writes may be batched.
+        self.coalesced: list[tuple[int, int, bool]] = []
 
     def add(self, device: DeviceModel) -> Placed:
         """Place ``device`` as it asks; raises UserError when the machine has
@@ -69,6 +71,11 @@ class DeviceManager:
                 raise UserError("too many devices: no interrupt line is left for another")
             irq, self._next_gsi = self._next_gsi, self._next_gsi + 1
         allocation = Allocation(want.ports, mmio, irq)
+        for offset, size in device.coalesced():
+            if want.ports is not None:
+                self.coalesced.append((want.ports[0] + offset, size, True))
+            elif mmio is not None:
+                self.coalesced.append((mmio.start + offset, size, False))
         line = None
         if irq is not None:
             gsi, set_line = irq, self._set_irq_line

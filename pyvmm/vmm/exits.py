@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from pyvmm.arch.x86_64 import regs as x86_regs
 from pyvmm.devices.bus import Bus
 from pyvmm.kvm import KvmError, lib
+from pyvmm.vmm.coalesced import CoalescedRing
 from pyvmm.vmm.ending import Ending, Outcome
 
 EXIT_IO = lib.KVM_EXIT_IO
@@ -106,9 +107,23 @@ class ExitHandler:
         self.stop = stop
         self.emulation = emulation
         self.debug = debug
+        self.ring: CoalescedRing | None = None
         self._pio_read, self._pio_write = pio.read, pio.write
+        #: What the vCPU loop calls for a packed port exit (see :meth:`use_ring`).
+        self.port: Callable[[int, memoryview], None] = self._port
 
-    def port(self, packed: int, page: memoryview) -> None:
+    def use_ring(self, ring: CoalescedRing) -> None:
+        """Writes KVM batched are applied before each exit is handled."""
+        self.ring = ring
+        self.port = self._port_after_ring
+
+    def _port_after_ring(self, packed: int, page: memoryview) -> None:
+        ring = self.ring
+        if ring is not None and ring.pending():
+            ring.drain()
+        self._port(packed, page)
+
+    def _port(self, packed: int, page: memoryview) -> None:
         """One port access, as ``pyvmm_run`` packs it: port in bits 16-31,
         size in bits 12-15, for an out the value in bits 32-63, for an in
         the offset of its data in the vCPU mapping there."""
@@ -126,6 +141,9 @@ class ExitHandler:
         if packed & RUN_PIO:
             self.port(packed, vcpu.run_page)
             return None
+        ring = self.ring
+        if ring is not None and ring.pending():
+            ring.drain()
         reason = packed & 0xFF
         if reason == RUN_ERROR:
             raise KvmError("KVM_RUN", packed >> 8)

@@ -24,6 +24,8 @@ from pyvmm.devices.bus import Bus
 from pyvmm.devices.serial import Serial16550
 from pyvmm.kvm import Kvm, Vcpu, Vm, lib
 from pyvmm.memory import GuestMemory
+from pyvmm.vmm.coalesced import INTERVAL as COALESCED_INTERVAL
+from pyvmm.vmm.coalesced import CoalescedRing
 from pyvmm.vmm.config import MachineConfig
 from pyvmm.vmm.device_manager import DeviceManager
 from pyvmm.vmm.ending import Ending, Outcome
@@ -82,6 +84,8 @@ class Vmm:
         self.com1: Serial16550 | None = None
         self.vcpus: list[Vcpu] = []
         self.handler: ExitHandler | None = None
+        #: Writes KVM batched, when any device allows it (the UART's THR).
+        self.ring: CoalescedRing | None = None
         self.exit_log: ExitLog | None = None
         if (trace_out is not None and "exits" in config.trace) or config.stats:
             self.exit_log = ExitLog(
@@ -95,6 +99,7 @@ class Vmm:
         self._paused = False
         self._closed = False
         self._idle: threading.Thread | None = None
+        self._drainer: threading.Thread | None = None
 
     # -- running ---------------------------------------------------------
 
@@ -113,6 +118,9 @@ class Vmm:
             runner.start()
         self._idle = threading.Thread(target=self._watch_idle, name="pyvmm-idle", daemon=True)
         self._idle.start()
+        if self.ring is not None:
+            self._drainer = threading.Thread(target=self._drain, name="pyvmm-ring", daemon=True)
+            self._drainer.start()
 
     @property
     def outcome(self) -> Outcome | None:
@@ -147,6 +155,8 @@ class Vmm:
         for runner in self._runners:
             if not runner.wait_paused(timeout):
                 raise TimeoutError(f"vCPU {runner.vcpu.id} did not pause in {timeout} s")
+        if self.ring is not None:
+            self.ring.drain()  # every write the guest made has reached its device
 
     def resume(self) -> None:
         self._paused = False
@@ -167,7 +177,22 @@ class Vmm:
         """With ``stats``: a table of the exits so far by reason and place."""
         if self.exit_log is None or not self.exit_log.count:
             return None
-        return self.exit_log.table()
+        table = self.exit_log.table()
+        if self.ring is not None:
+            table += f"{self.ring.applied:9} writes KVM batched in the coalesced ring (no exit)\n"
+        return table
+
+    def _drain(self) -> None:
+        """Apply batched writes when no exit does (a guest gone idle)."""
+        ring = self.ring
+        assert ring is not None
+        while not self._ended.wait(COALESCED_INTERVAL):
+            if ring.pending():
+                try:
+                    ring.drain()
+                except Exception as e:  # a device model that raised: as on a vCPU
+                    self.stop(Outcome(Ending.VMM_ERROR, f"{type(e).__name__}: {e}"))
+                    return
 
     # -- the idle watch ----------------------------------------------------
 
@@ -205,9 +230,9 @@ class Vmm:
     # -- teardown --------------------------------------------------------
 
     def _join(self) -> None:
-        idle = self._idle
-        if idle is not None and idle is not threading.current_thread():
-            idle.join()
+        for thread in (self._idle, self._drainer):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join()
         for runner in self._runners:
             runner.join()
 
@@ -223,6 +248,8 @@ class Vmm:
                 self._join()
             if self.devices is not None:
                 self.devices.close()
+            if self.ring is not None:
+                self.ring.close()
             for vcpu in self.vcpus:
                 vcpu.close()
             if self.vm is not None:
