@@ -211,9 +211,9 @@ def device_lines(
         lines.append(f"{placed.key}: {', '.join(where)} ({type(placed.device).__name__})")
     lines.append("anything else: reads all-ones, writes ignored (an empty bus)")
     for addr, size, pio in coalesced:
-        where = f"port {addr:#06x}" if pio else f"MMIO {addr:#x}"
+        place = f"port {addr:#06x}" if pio else f"MMIO {addr:#x}"
         lines.append(
-            f"{where} ({size} byte): writes batched by KVM in the coalesced ring, "
+            f"{place} ({size} byte): writes batched by KVM in the coalesced ring, "
             "no exit (KVM_REGISTER_COALESCED_MMIO)"
         )
     return lines
