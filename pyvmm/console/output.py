@@ -38,7 +38,7 @@ CHUNK = 4096
 POLL_SECONDS = 0.2
 #: A writer woken by new output waits this long for more, to write it in
 #: one go rather than a byte at a time (the UART delivers single bytes).
-GATHER_SECONDS = 0.002
+GATHER_SECONDS = 0.001
 
 
 class Sink:
