@@ -30,8 +30,8 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import struct
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
