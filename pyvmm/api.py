@@ -17,24 +17,27 @@ can run at once in one process.
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import os
 import re
 import select
 import threading
 import time
-import uuid
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pyvmm import launch
+from pyvmm import launch, shell
 from pyvmm.console.session import ConsoleSession
+from pyvmm.console.text import ConsoleText
 from pyvmm.errors import UserError
+from pyvmm.shell import RunResult
 from pyvmm.vmm import builder
 from pyvmm.vmm.config import MachineConfig, parse_trace
 from pyvmm.vmm.ending import Ending, Outcome
 from pyvmm.vmm.lifecycle import Vmm
+
+if TYPE_CHECKING:
+    from pyvmm.snapshot.take import Taken
 
 #: What the default guest's /init prints once userspace runs.
 READY = r"pyvmm guest: Linux \S+, up [0-9.]+ s"
@@ -45,39 +48,6 @@ TAIL_LINES = 20
 DEFAULT_TIMEOUT = 600.0
 
 
-class ConsoleText:
-    """The console as text, built as it arrives: UTF-8 decoded incrementally,
-    CR LF turned into LF, joined only when read. (Decoding and joining the
-    whole console for each byte the UART delivers cost about a second of CPU
-    over a Linux boot.)"""
-
-    def __init__(self) -> None:
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._chunks: list[str] = []
-        self._held_cr = False  # a CR at the end of the data so far: CR LF may follow
-        self._joined = ""
-        #: Characters so far (a held CR not counted).
-        self.length = 0
-
-    def add(self, data: bytes) -> None:
-        chunk = self._decoder.decode(data)
-        if self._held_cr:
-            chunk = "\r" + chunk
-        self._held_cr = chunk.endswith("\r")
-        if self._held_cr:
-            chunk = chunk[:-1]
-        chunk = chunk.replace("\r\n", "\n")
-        if chunk:
-            self._chunks.append(chunk)
-            self.length += len(chunk)
-
-    def text(self) -> str:
-        if self._chunks:
-            self._joined += "".join(self._chunks)
-            self._chunks.clear()
-        return self._joined
-
-
 class GuestTimeout(TimeoutError):
     """A wait on the guest ran out of time; the message ends with its console."""
 
@@ -86,18 +56,15 @@ class GuestExited(RuntimeError):
     """The guest ended while something was still waiting on it."""
 
 
-@dataclass(frozen=True)
-class RunResult:
-    output: str
-    status: int
-    duration: float
-
-
 class Machine:
     """One guest, driven from Python. Keyword arguments mirror ``pyvmm run``;
     without ``kernel`` the default guest is used. ``extra_files`` maps host
     paths to guest paths to add to the initramfs (built on the fly, cached
-    by content)."""
+    by content), or, for a restored guest, to copy in once it runs.
+
+    ``restore``: a snapshot directory (:meth:`snapshot` makes one) to resume
+    instead of booting; ``memory``, ``cpus`` and ``kernel``, if given, must
+    be what the snapshot has."""
 
     def __init__(
         self,
@@ -106,17 +73,23 @@ class Machine:
         kernel: str | os.PathLike[str] | None = None,
         initrd: str | os.PathLike[str] | None = None,
         cmdline: str = "",
-        memory: int | str = "512M",
-        cpus: int = 1,
+        memory: int | str | None = None,
+        cpus: int | None = None,
         guest: str = "auto",
         trace: str = "",
         stats: bool = False,
         console_log: str | os.PathLike[str] | None = None,
         extra_files: dict[str | os.PathLike[str], str] | None = None,
         ready: str = READY,
+        restore: str | os.PathLike[str] | None = None,
     ) -> None:
-        if config is None:
-            config = launch.make_config(kernel, initrd, cmdline, memory, cpus, guest)
+        self._restore = Path(restore) if restore is not None else None
+        self._extra_files = dict(extra_files or {})
+        if self._restore is not None:
+            config = self._restored_config(self._restore, kernel, memory, cpus)
+            extra_files = None  # copied into the running guest instead
+        elif config is None:
+            config = launch.make_config(kernel, initrd, cmdline, memory or "512M", cpus or 1, guest)
         config.trace = config.trace or parse_trace(trace)
         config.stats = config.stats or stats
         if extra_files:
@@ -139,6 +112,24 @@ class Machine:
         self._shell_ready = False
         self._close_lock = threading.Lock()
 
+    @staticmethod
+    def _restored_config(
+        path: Path,
+        kernel: str | os.PathLike[str] | None,
+        memory: int | str | None,
+        cpus: int | None,
+    ) -> MachineConfig:
+        """The snapshot's configuration, refusing options that contradict it."""
+        from pyvmm.snapshot import restore, store
+        from pyvmm.snapshot.format import SnapshotError
+
+        snap = store.load(path)
+        size = launch.memory_size(memory) if memory is not None else None
+        restore.check_wanted(snap, path, size, cpus)
+        if kernel is not None and Path(kernel).resolve() != Path(snap.config.kernel).resolve():
+            raise SnapshotError(f"snapshot {path} was taken with kernel {snap.config.kernel}")
+        return restore.config_of(snap)
+
     # -- lifecycle -------------------------------------------------------
 
     def start(self) -> Machine:
@@ -148,12 +139,49 @@ class Machine:
             raise RuntimeError("this machine was already started")
         try:
             # Bad input fails here, before the log file is created.
-            self._vmm = builder.build_for_boot(self.config, self._session.port())
+            if self._restore is not None:
+                self._vmm = self._build_restored(self._restore)
+            else:
+                self._vmm = builder.build_for_boot(self.config, self._session.port())
             self._run()
+            if self._restore is not None:
+                self._after_restore()
         except BaseException:
             self.close()
             raise
         return self
+
+    def _build_restored(self, path: Path) -> Vmm:
+        from pyvmm.snapshot import restore, store
+
+        c = self.config
+        vmm = restore.build_from_snapshot(
+            path, self._session.port(), memory=c.memory, cpus=c.cpus,
+            trace_kinds=c.trace, stats=c.stats, debug=c.debug,
+        )  # fmt: skip
+        self._shell_ready = bool(store.load(path).extra.get("shell_ready"))
+        return vmm
+
+    def _after_restore(self) -> None:
+        """A restored default guest's shell takes commands at once: set its
+        wall clock if the restore could not, and copy in extra_files."""
+        assert self._vmm is not None
+        if not self._shell_ready:
+            return
+        if self._vmm.clock_behind_ns:
+            shell.set_clock(self, DEFAULT_TIMEOUT)
+        for host, guest in self._extra_files.items():
+            self.put_file(host, guest)
+
+    def snapshot(self, path: str | os.PathLike[str]) -> Taken:
+        """Save the running guest to the directory ``path`` (which must not
+        exist) and let it run on; a :class:`~pyvmm.snapshot.take.Taken`.
+        ``Machine(restore=path)`` resumes it, as often as wanted."""
+        from pyvmm.snapshot import take
+
+        if self._vmm is None or self.exit_status is not None:
+            raise GuestExited("the machine is not running")
+        return take.take(self._vmm, Path(path), extra={"shell_ready": self._shell_ready})
 
     def _run(self) -> None:
         """Wire the console of the built machine and start it."""
@@ -338,20 +366,10 @@ class Machine:
 
     def run(self, command: str, timeout: float = DEFAULT_TIMEOUT) -> RunResult:
         """Run ``command`` in the guest's shell: its output and exit status."""
-        started = time.monotonic()
-        self.wait_ready(timeout)
-        tag = uuid.uuid4().hex[:12]
-        command = command.strip().rstrip(";")  # it is followed by "; printf ..."
-        mark = len(self.console)
-        # Markers around the output, printed by the guest's shell on the same
-        # input line as the command, so no prompt comes between. The echo of
-        # the typed line never matches them (there a marker is followed by
-        # ";" or "$?").
-        self.send(
-            f"printf '%s\\n' PYVMM-BEGIN-{tag}; {command}; printf '%s %s\\n' PYVMM-END-{tag} $?\n"
-        )
-        left = timeout - (time.monotonic() - started)
-        end = self.wait_for(rf"PYVMM-END-{tag} (\d+)\n", max(left, 0.001), start=mark)
-        begin = self.wait_for(rf"PYVMM-BEGIN-{tag}\n", 1, start=mark)
-        output = self.console[begin.end() : end.start()]
-        return RunResult(output, int(end.group(1)), time.monotonic() - started)
+        return shell.run(self, command, timeout)
+
+    def put_file(
+        self, host: str | os.PathLike[str], guest: str, timeout: float = DEFAULT_TIMEOUT
+    ) -> None:
+        """Copy a host file into the running guest (its shell must be ready)."""
+        shell.put_file(self, host, guest, timeout)

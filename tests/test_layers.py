@@ -23,6 +23,7 @@ LAYERS = {
     "launch": 5,
     "run": 5,
     "snapshot": 4,
+    "shell": 6,
     "cli": 6,
     "api": 6,
     "pytest_plugin": 7,

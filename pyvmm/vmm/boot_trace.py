@@ -8,6 +8,7 @@ standard output to the guest's console. (VM exits: :mod:`pyvmm.vmm.exit_log`.)
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -217,3 +218,43 @@ def device_lines(
             "no exit (KVM_REGISTER_COALESCED_MMIO)"
         )
     return lines
+
+
+# -- a restore ---------------------------------------------------------------
+
+
+def snapshot_lines(snap: Any) -> list[str]:
+    """What a snapshot (pyvmm.snapshot.format.Snapshot) holds."""
+    c = snap.config
+    age = time.time() - snap.created
+    return [
+        f"taken {age:.1f} s ago on a {snap.host.vendor} host"
+        + (" that emulates guest kernel mode (PVM)" if snap.host.pvm else ""),
+        f"machine: {c.memory >> 20} MiB, {c.cpus} vCPU(s), kernel {c.kernel}",
+        f"state checked against state.sha256; {len(snap.devices)} devices: "
+        + ", ".join(snap.devices),
+    ]
+
+
+def restored_vcpu_lines(state: Any) -> list[str]:
+    """One restored vCPU (pyvmm.arch.x86_64.state.VcpuState)."""
+    sizes = ", ".join(f"{name} {len(data)}" for name, data in state.structs.items())
+    return [
+        f"KVM_SET_CPUID2 with its saved {len(state.cpuid)} leaves (when it was created)",
+        f"structs (bytes): {sizes}; XSAVE area {len(state.xsave)}; events {len(state.events)}",
+        f"{len(state.msrs)} MSRs (KVM_GET_MSR_INDEX_LIST's), after the LAPIC",
+    ]
+
+
+def clock_lines(clock_ns: int, behind_ns: int) -> list[str]:
+    if not behind_ns:
+        return [
+            f"KVM_SET_CLOCK {clock_ns} ns, KVM_CLOCK_REALTIME: moved on by the time the "
+            "snapshot spent on disk, so the guest's wall clock is right",
+            "KVM_KVMCLOCK_CTRL on each vCPU: the guest learns it was stopped",
+        ]
+    return [
+        f"KVM_SET_CLOCK {clock_ns} ns: the guest's clock resumes where it stopped; "
+        f"its wall clock is {behind_ns / 1e9:.0f} s behind (too far to jump safely)",
+        "KVM_KVMCLOCK_CTRL on each vCPU: the guest learns it was stopped",
+    ]

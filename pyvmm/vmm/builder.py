@@ -23,7 +23,7 @@ from pyvmm.arch.x86_64 import cpuid, layout, xsave
 from pyvmm.boot import loader
 from pyvmm.devices.bus import Bus
 from pyvmm.errors import UserError
-from pyvmm.kvm import Kvm, KvmError, lib
+from pyvmm.kvm import CpuidEntry, Kvm, KvmError, lib
 from pyvmm.kvm.system import API_VERSION
 from pyvmm.memory import GuestMemory
 from pyvmm.vmm import boot_trace, fresh_boot
@@ -67,9 +67,15 @@ def build_for_boot(
     return vmm
 
 
-def assemble(vmm: Vmm, trace: boot_trace.BootTrace, memory_file: int | None = None) -> None:
+def assemble(
+    vmm: Vmm,
+    trace: boot_trace.BootTrace,
+    memory_file: int | None = None,
+    cpuids: list[list[CpuidEntry]] | None = None,
+) -> None:
     """Everything but the guest's contents: KVM, the VM, RAM (anonymous, or
-    mapped privately from ``memory_file``), vCPUs with their CPUID, devices."""
+    mapped privately from ``memory_file``), vCPUs with their CPUID (made
+    from what KVM supports, or ``cpuids``, one table per vCPU), devices."""
     config = vmm.config
     vmm.kvm = kvm = open_kvm(KVM_DEVICE)
     caps = {name: kvm.check_extension(getattr(lib, f"KVM_CAP_{name}")) for name in REQUIRED_CAPS}
@@ -115,12 +121,16 @@ def assemble(vmm: Vmm, trace: boot_trace.BootTrace, memory_file: int | None = No
         from pyvmm.arch.x86_64.pvm_emulation import EmulationAssist
 
         emulation = EmulationAssist(memory, xsave.Layout.from_cpuid(supported))
+        vmm.emulation = emulation
     vmm.pio, vmm.mmio = Bus("port I/O"), Bus("MMIO")
     vmm.handler = ExitHandler(vmm.pio, vmm.mmio, vmm.stop, emulation, config.debug)
     for vcpu_id in range(config.cpus):
         vcpu = vm.create_vcpu(vcpu_id)
         vmm.vcpus.append(vcpu)
-        vcpu.set_cpuid2(cpuid.vcpu_cpuid(supported, apic_id=vcpu_id, nr_vcpus=config.cpus))
+        if cpuids is not None:
+            vcpu.set_cpuid2(cpuids[vcpu_id])
+        else:
+            vcpu.set_cpuid2(cpuid.vcpu_cpuid(supported, apic_id=vcpu_id, nr_vcpus=config.cpus))
         # Other vCPUs stay in KVM's wait-for-SIPI state until the guest starts them.
 
     vmm.devices = DeviceManager(vmm.pio, vmm.mmio, vm.set_irq_line)

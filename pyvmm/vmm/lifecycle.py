@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pyvmm.arch.x86_64 import regs as x86_regs
@@ -86,6 +87,12 @@ class Vmm:
         self.handler: ExitHandler | None = None
         #: Writes KVM batched, when any device allows it (the UART's THR).
         self.ring: CoalescedRing | None = None
+        #: What completes instructions KVM cannot emulate (PVM hosts).
+        self.emulation: Any = None
+        #: After a restore: how far (ns) the guest's wall clock is behind.
+        self.clock_behind_ns = 0
+        #: After a restore: the memory file guest RAM is mapped from.
+        self.memory_file: Path | None = None
         self.exit_log: ExitLog | None = None
         if (trace_out is not None and "exits" in config.trace) or config.stats:
             self.exit_log = ExitLog(

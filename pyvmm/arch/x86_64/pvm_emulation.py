@@ -85,6 +85,18 @@ class EmulationAssist:
             (decode.is_xrstor, self._xrstor),
         ]
 
+    def state(self) -> dict[str, Any]:
+        """For a snapshot: the page-fault handler last found (a cache)."""
+        return {"pf_handler": list(self._pf_handler) if self._pf_handler else None}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        cached = state.get("pf_handler")
+        self._pf_handler = None
+        if isinstance(cached, list) and len(cached) == 2:
+            base, handler = cached
+            if all(isinstance(x, int) and 0 <= x <= U64 for x in (base, handler)):
+                self._pf_handler = (base, handler)
+
     def handle(self, vcpu: Vcpu) -> Emulated:
         """Deal with the emulation failure in ``vcpu``'s kvm_run. When the
         result has no ``unhandled``, the vCPU can simply be run again."""

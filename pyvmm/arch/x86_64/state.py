@@ -1,0 +1,160 @@
+"""Saving and restoring what KVM holds for an x86 VM and its vCPUs.
+
+Everything KVM keeps is read back through its state ioctls and written
+again in an order that respects their dependencies (KVM API document,
+"KVM_SET_*", and the order Firecracker and QEMU use):
+
+- per vCPU: the CPUID it was given (KVM cannot give it back: pyvmm keeps
+  it), the MP state, general registers, segment and control registers
+  (sregs: before the LAPIC, since it holds the APIC base), the XSAVE area
+  (x87, SSE, AVX and beyond), XCR0, debug registers, the local APIC page,
+  every MSR KVM lists with KVM_GET_MSR_INDEX_LIST (after the LAPIC: the TSC
+  deadline needs it), and last the pending events (exceptions, NMIs,
+  interrupt shadow), which setting anything else could disturb;
+- per VM: the two 8259 PICs and the I/O APIC (KVM_GET_IRQCHIP), the PIT
+  (KVM_GET_PIT2), and the KVM clock (KVM_GET_CLOCK).
+
+Each struct is kept as its bytes, as the kernel's x86-64 ABI lays it out:
+there is nothing for pyvmm to interpret, and KVM checks what it is given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pyvmm.kvm import CpuidEntry, KvmError, Vcpu, Vm, lib
+
+#: The per-vCPU structs saved whole, in the order they are restored.
+VCPU_STRUCTS = ("mp_state", "regs", "sregs", "xcrs", "debugregs", "lapic")
+#: The interrupt controllers KVM_GET_IRQCHIP reads, by name.
+IRQCHIPS = {
+    "pic_master": lib.KVM_IRQCHIP_PIC_MASTER,
+    "pic_slave": lib.KVM_IRQCHIP_PIC_SLAVE,
+    "ioapic": lib.KVM_IRQCHIP_IOAPIC,
+}
+
+
+@dataclass
+class VcpuState:
+    """One vCPU, as :func:`save_vcpu` read it."""
+
+    id: int
+    cpuid: list[CpuidEntry]
+    structs: dict[str, bytes]
+    xsave: bytes
+    msrs: dict[int, int]
+    events: bytes
+    tsc_khz: int = 0
+
+
+@dataclass
+class VmState:
+    """The VM-wide state: interrupt controllers, PIT and clock."""
+
+    irqchips: dict[str, bytes]
+    pit: bytes
+    clock: int
+    clock_flags: int
+    #: Host CLOCK_REALTIME (ns) when ``clock`` was read, if KVM said.
+    realtime: int
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+def read_msrs(vcpu: Vcpu, indices: list[int]) -> dict[int, int]:
+    """Every MSR of ``indices`` this vCPU has. KVM_GET_MSRS stops at the
+    first it cannot read; that one is left out and the rest read on."""
+    values: dict[int, int] = {}
+    left = list(dict.fromkeys(indices))
+    while left:
+        got = vcpu.get_msrs(left)
+        values.update(got)
+        left = left[len(got) + 1 :]  # skip the one KVM refused
+    return values
+
+
+def write_msrs(vcpu: Vcpu, values: dict[int, int]) -> list[int]:
+    """Set every MSR KVM takes; returns those it refused."""
+    refused = []
+    left = list(values.items())
+    while left:
+        done = vcpu.set_msrs(dict(left))
+        if done < len(left):
+            refused.append(left[done][0])
+        left = left[done + 1 :]
+    return refused
+
+
+def save_vcpu(vcpu: Vcpu, msr_indices: list[int], xsave_size: int) -> VcpuState:
+    """Read a vCPU's whole state. Call it on the vCPU's own thread with the
+    VM paused (``KVM_RUN`` returned after an ``immediate_exit``, so no
+    port or MMIO access is half done)."""
+    structs = {name: vcpu.get_state(name) for name in VCPU_STRUCTS}
+    try:
+        tsc_khz = vcpu.get_tsc_khz()
+    except KvmError:
+        tsc_khz = 0
+    return VcpuState(
+        id=vcpu.id,
+        cpuid=list(vcpu.cpuid),
+        structs=structs,
+        xsave=vcpu.get_xsave_state(xsave_size),
+        msrs=read_msrs(vcpu, msr_indices),
+        events=vcpu.get_state("events"),
+        tsc_khz=tsc_khz,
+    )
+
+
+def restore_vcpu(vcpu: Vcpu, state: VcpuState) -> list[int]:
+    """Put a saved state into a vCPU that has its CPUID already; returns the
+    MSRs KVM refused (none, on the same kind of host)."""
+    vcpu.set_state("mp_state", state.structs["mp_state"])
+    vcpu.set_state("regs", state.structs["regs"])
+    vcpu.set_state("sregs", state.structs["sregs"])
+    vcpu.set_xsave_state(state.xsave)
+    for name in ("xcrs", "debugregs", "lapic"):
+        vcpu.set_state(name, state.structs[name])
+    refused = write_msrs(vcpu, state.msrs)
+    vcpu.set_state("events", state.events)
+    return refused
+
+
+def save_vm(vm: Vm) -> VmState:
+    clock, flags, realtime = vm.get_clock()
+    return VmState(
+        irqchips={name: vm.get_irqchip(chip) for name, chip in IRQCHIPS.items()},
+        pit=vm.get_pit2(),
+        clock=clock,
+        clock_flags=flags,
+        realtime=realtime if flags & lib.KVM_CLOCK_REALTIME else 0,
+    )
+
+
+def restore_vm(vm: Vm, state: VmState) -> None:
+    """Interrupt controllers and the PIT; the clock is set separately, last
+    (:func:`restore_clock`), so that as little time as possible passes
+    between setting it and running the guest."""
+    for name in IRQCHIPS:
+        vm.set_irqchip(state.irqchips[name])
+    vm.set_pit2(state.pit)
+
+
+#: The longest time a restored guest's clock is moved forward by. Linux 6.1
+#: converts a clock reading into nanoseconds with a multiplication that
+#: overflows for deltas beyond about half an hour (kvm-clock's max_cycles),
+#: and an idle CPU may go 15 minutes between ticks: a larger jump can read
+#: as garbage, even backwards, until the next tick.
+CLOCK_JUMP_MAX_NS = 15 * 60 * 10**9
+
+
+def restore_clock(vm: Vm, state: VmState, now_realtime: int) -> int:
+    """Set the KVM clock. Returns how far (ns) the guest's clock is behind
+    the host's wall clock afterwards: 0 when the clock could be moved
+    forward by the time the snapshot spent on disk (KVM_CLOCK_REALTIME,
+    within CLOCK_JUMP_MAX_NS), else that time, which the guest must catch
+    up on itself (its monotonic clock simply continues)."""
+    elapsed = now_realtime - state.realtime
+    if state.realtime and 0 <= elapsed <= CLOCK_JUMP_MAX_NS:
+        vm.set_clock(state.clock, realtime=state.realtime)
+        return 0
+    vm.set_clock(state.clock)
+    return max(elapsed, 0) if state.realtime else 0

@@ -1,0 +1,87 @@
+"""Driving the default guest's shell through its console: commands with
+their output and status, files into a running guest, its wall clock.
+
+Everything goes through the serial console, typed in as a user would:
+:func:`run` puts marker lines around a command's output (printed by the
+guest's shell on the same input line as the command, so no prompt comes
+between, and the echo of the typed line never matches them: there a marker
+is followed by ";" or "$?"). :func:`put_file` sends a file as base64 in a
+here-document, for a guest that is already running (a restored one), where
+the initramfs can no longer carry it.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shlex
+import stat
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+#: base64 characters per line sent.
+LINE = 76
+#: A here-document's end marker (base64 never contains it).
+EOF_MARK = "PYVMM-EOF"
+
+
+@dataclass(frozen=True)
+class RunResult:
+    output: str
+    status: int
+    duration: float
+
+
+class Console(Protocol):
+    """What the shell helpers need of a machine (pyvmm.Machine)."""
+
+    @property
+    def console(self) -> str: ...
+
+    def send(self, text: str | bytes, timeout: float = ...) -> None: ...
+
+    def wait_for(self, pattern: str, timeout: float = ..., start: int = ...) -> object: ...
+
+    def wait_ready(self, timeout: float = ...) -> None: ...
+
+
+def run(machine: Console, command: str, timeout: float, body: str = "") -> RunResult:
+    """Run ``command`` in the guest's shell: its output and exit status.
+    ``body``: lines typed after the command line (a here-document's)."""
+    started = time.monotonic()
+    machine.wait_ready(timeout)
+    tag = uuid.uuid4().hex[:12]
+    command = command.strip().rstrip(";")  # it is followed by "; printf ..."
+    mark = len(machine.console)
+    line = f"printf '%s\\n' PYVMM-BEGIN-{tag}; {command}; printf '%s %s\\n' PYVMM-END-{tag} $?\n"
+    machine.send(line + body, max(timeout - (time.monotonic() - started), 0.001))
+    left = timeout - (time.monotonic() - started)
+    end = machine.wait_for(rf"PYVMM-END-{tag} (\d+)\n", max(left, 0.001), start=mark)
+    begin = machine.wait_for(rf"PYVMM-BEGIN-{tag}\n", 1, start=mark)
+    output = machine.console[begin.end() : end.start()]  # type: ignore[attr-defined]
+    return RunResult(output, int(end.group(1)), time.monotonic() - started)  # type: ignore[attr-defined]
+
+
+def put_file(machine: Console, host: str | os.PathLike[str], guest: str, timeout: float) -> None:
+    """Copy a host file into the running guest at ``guest``, with its
+    permission bits; raises OSError if the guest could not write it."""
+    data = Path(host).read_bytes()
+    mode = stat.S_IMODE(os.stat(host).st_mode)
+    encoded = base64.b64encode(data).decode()
+    lines = "".join(encoded[i : i + LINE] + "\n" for i in range(0, len(encoded), LINE))
+    target = shlex.quote(guest)
+    command = (
+        f"mkdir -p $(dirname {target}) && base64 -d > {target} << '{EOF_MARK}' "
+        f"&& chmod {mode:o} {target}"
+    )
+    result = run(machine, command, timeout, body=lines + EOF_MARK + "\n")
+    if result.status != 0:
+        raise OSError(f"the guest could not write {guest}: {result.output.strip()}")
+
+
+def set_clock(machine: Console, timeout: float) -> None:
+    """Set the guest's wall clock to the host's (to the second)."""
+    run(machine, f"date -u -s @{round(time.time())} > /dev/null", timeout)
