@@ -360,8 +360,9 @@ class Machine:
         banner), and turn off its terminal echo so output is only output."""
         if self._shell_ready:
             return
+        started = time.monotonic()
         self.wait_for(self.ready, timeout)
-        self.send("stty -echo; PS1=''; PS2=''\n")
+        shell.prepare(self, max(timeout - (time.monotonic() - started), 0.001))
         self._shell_ready = True
 
     def run(self, command: str, timeout: float = DEFAULT_TIMEOUT) -> RunResult:

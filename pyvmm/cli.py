@@ -13,15 +13,19 @@ unless asked.
 from __future__ import annotations
 
 import argparse
+import re
 import signal
 import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from pyvmm.errors import UserError
 from pyvmm.images import GUEST_KINDS
+
+if TYPE_CHECKING:
+    from pyvmm.snapshot_trigger import SnapshotPlan
 
 EXIT_USAGE = 2
 EXIT_VMM_ERROR = 1
@@ -53,8 +57,8 @@ def _parser() -> argparse.ArgumentParser:
         choices=GUEST_KINDS,
         help="which default guest to boot when no --kernel is given (default: auto)",
     )
-    run.add_argument("--memory", default="512M", help="guest RAM, e.g. 512M or 2G (default 512M)")
-    run.add_argument("--cpus", default="1", help="number of vCPUs (default 1)")
+    run.add_argument("--memory", help="guest RAM, e.g. 512M or 2G (default 512M)")
+    run.add_argument("--cpus", help="number of vCPUs (default 1)")
     run.add_argument(
         "--console",
         default="stdio",
@@ -80,6 +84,26 @@ def _parser() -> argparse.ArgumentParser:
         "--stats",
         action="store_true",
         help="at exit, print a table of VM exits by reason and port or address",
+    )
+    snap = run.add_argument_group("snapshots")
+    snap.add_argument(
+        "--restore", metavar="DIR", help="resume the snapshot in DIR instead of booting"
+    )
+    snap.add_argument(
+        "--snapshot",
+        metavar="DIR",
+        help="where to save a snapshot: on Ctrl-A s, on SIGUSR1, or --snapshot-after",
+    )
+    snap.add_argument(
+        "--snapshot-after",
+        metavar="REGEX",
+        help="save the snapshot when the console first matches REGEX",
+    )
+    snap.add_argument(
+        "--snapshot-then",
+        choices=("continue", "exit"),
+        default="continue",
+        help="after saving: let the guest run on (default), or stop it (status 0)",
     )
     inspect = sub.add_parser(
         "inspect", help="show what the loader sees in a kernel file, without running it"
@@ -118,23 +142,66 @@ def _stderr(text: str) -> None:
     sys.stderr.flush()
 
 
+def _snapshot_plan(args: argparse.Namespace) -> SnapshotPlan | None:
+    from pyvmm.snapshot_trigger import SnapshotPlan
+
+    if args.snapshot is None:
+        if args.snapshot_after is not None or args.snapshot_then != "continue":
+            raise UserError("--snapshot-after and --snapshot-then need --snapshot DIR")
+        return None
+    path = Path(args.snapshot)
+    if path.exists() or path.is_symlink():
+        raise UserError(f"--snapshot {path}: already exists")
+    if not path.parent.is_dir():
+        raise UserError(f"--snapshot {path}: {path.parent} is not a directory")
+    try:
+        after = re.compile(args.snapshot_after, re.M) if args.snapshot_after else None
+    except re.error as e:
+        raise UserError(f"invalid --snapshot-after {args.snapshot_after!r}: {e}") from None
+    return SnapshotPlan(path, after, args.snapshot_then == "exit")
+
+
 def _run(args: argparse.Namespace) -> int:
     from pyvmm import launch
     from pyvmm.console import backends
-    from pyvmm.run import run_machine
-    from pyvmm.vmm.config import parse_trace
+    from pyvmm.run import Restore, run_machine
+    from pyvmm.vmm.config import MachineConfig, parse_trace
     from pyvmm.vmm.ending import Ending
 
-    config = launch.make_config(
-        args.kernel, args.initrd, args.cmdline, args.memory, args.cpus, args.guest, announce=True
-    )
-    config.debug, config.trace, config.stats = args.debug, parse_trace(args.trace), args.stats
+    trace = parse_trace(args.trace)
+    plan = _snapshot_plan(args)
+    restore = None
+    if args.restore is not None:
+        if args.initrd is not None or args.cmdline or args.guest != "auto":
+            raise UserError(
+                "--restore resumes a saved guest: --initrd, --cmdline and --guest do not apply"
+            )
+        restore = Restore(
+            Path(args.restore),
+            launch.memory_size(args.memory) if args.memory is not None else None,
+            launch.cpu_count(args.cpus) if args.cpus is not None else None,
+            args.kernel,
+        )
+        config = MachineConfig(kernel=args.kernel or "")
+    else:
+        config = launch.make_config(
+            args.kernel, args.initrd, args.cmdline, args.memory or "512M", args.cpus or 1,
+            args.guest, announce=True,
+        )  # fmt: skip
+    config.debug, config.trace, config.stats = args.debug, trace, args.stats
     spec = backends.parse(args.console)
     log = Path(args.console_log) if args.console_log else None
-    outcome = run_machine(config, spec, log)
+    outcome = run_machine(config, spec, log, restore=restore, snapshot=plan)
     while outcome.ending is Ending.RESET and args.reboot == "restart":
         print("pyvmm: guest rebooted; starting it again", file=sys.stderr, flush=True)
-        outcome = run_machine(config, spec, log, append_log=True)
+        if restore is not None:  # boot afresh what the snapshot was taken of
+            from pyvmm.snapshot import restore as restoring
+            from pyvmm.snapshot import store
+
+            config = restoring.config_of(store.load(restore.path))
+            config.debug, config.trace, config.stats = args.debug, trace, args.stats
+            restore = None
+        outcome = run_machine(config, spec, log, append_log=True, restore=restore)
     if outcome.status != 0 or args.debug:
         print(f"pyvmm: {outcome.message}", file=sys.stderr)
         if outcome.detail and args.debug:

@@ -1,5 +1,6 @@
-"""What ``pyvmm run`` does with a configuration: build the machine, wire its
-console, run it to its end, and give everything back however it ends."""
+"""What ``pyvmm run`` does: build the machine (boot a kernel, or restore a
+snapshot), wire its console, run it to its end, and give everything back
+however it ends."""
 
 from __future__ import annotations
 
@@ -8,16 +9,19 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from pyvmm.console import backends
 from pyvmm.console.session import ConsoleSession, stdin_fd
-from pyvmm.console.terminal import HELP, QUIT, SHOW_HELP
+from pyvmm.console.terminal import HELP, QUIT, SHOW_HELP, SNAPSHOT
+from pyvmm.snapshot_trigger import SnapshotPlan
 from pyvmm.vmm import builder
 from pyvmm.vmm.config import MachineConfig
 from pyvmm.vmm.ending import Ending, Outcome
+from pyvmm.vmm.lifecycle import Vmm
 
 #: Signals that end the VM, and how.
 SIGNAL_ENDINGS = {
@@ -43,23 +47,67 @@ def _stderr(text: str) -> None:
         sys.stderr.flush()
 
 
+@dataclass(frozen=True)
+class Restore:
+    """``--restore DIR``, with what the command line asked for besides."""
+
+    path: Path
+    memory: int | None = None
+    cpus: int | None = None
+    kernel: str | None = None
+
+
+def _build(config: MachineConfig, restore: Restore | None, session: ConsoleSession) -> Vmm:
+    if restore is None:
+        return builder.build_for_boot(config, session.port(), _stderr)
+    from pyvmm.snapshot import restore as restoring
+    from pyvmm.snapshot.format import SnapshotError
+
+    vmm = restoring.build_from_snapshot(
+        restore.path, session.port(), _stderr, restore.memory, restore.cpus,
+        config.trace, config.stats, config.debug,
+    )  # fmt: skip
+    if (
+        restore.kernel is not None
+        and Path(restore.kernel).resolve() != Path(vmm.config.kernel).resolve()
+    ):
+        vmm.close()
+        raise SnapshotError(f"snapshot {restore.path} was taken with kernel {vmm.config.kernel}")
+    if vmm.clock_behind_ns:
+        _stderr(
+            f"pyvmm: the guest's clock resumes where the snapshot stopped it, "
+            f"{vmm.clock_behind_ns / 1e9:.0f} s behind; 'hwclock -s' in the guest sets it "
+            "from its RTC\n"
+        )
+    return vmm
+
+
 def run_machine(
     config: MachineConfig,
     spec: backends.ConsoleSpec | None = None,
     log: Path | None = None,
     append_log: bool = False,
+    restore: Restore | None = None,
+    snapshot: SnapshotPlan | None = None,
 ) -> Outcome:
-    """Boot the guest with its console where ``spec`` says (standard input and
-    output by default), run it to the end, and put the terminal back however
-    that end comes."""
+    """Boot the guest (or resume the snapshot ``restore``) with its console
+    where ``spec`` says (standard input and output by default), run it to
+    the end, and put the terminal back however that end comes."""
     spec = spec or backends.ConsoleSpec("stdio")
     session = ConsoleSession()
     saved_signals: dict[signal.Signals, Any] = {}
     vmm = None
+    snapshotter = None
     try:
-        # Bad input (the kernel, the initrd, sizes) is found here, before any
-        # console file or socket is created.
-        vmm = builder.build_for_boot(config, session.port(), _stderr)
+        # Bad input (the kernel, the initrd, sizes, the snapshot) is found
+        # here, before any console file or socket is created.
+        vmm = _build(config, restore, session)
+        config = vmm.config
+        if snapshot is not None:
+            from pyvmm.snapshot_trigger import Snapshotter
+
+            snapshotter = Snapshotter(vmm, snapshot, _stderr)
+            session.add_listener(snapshotter.console)
         com1 = vmm.com1
         assert com1 is not None
         session.attach(com1, com1.tx_ready)
@@ -77,6 +125,9 @@ def run_machine(
         for sig, ending in SIGNAL_ENDINGS.items():
             saved_signals[sig] = signal.getsignal(sig)
             signal.signal(sig, _ender(vmm.stop, ending))
+        if snapshotter is not None:
+            saved_signals[signal.SIGUSR1] = signal.getsignal(signal.SIGUSR1)
+            signal.signal(signal.SIGUSR1, snapshotter.request)
 
         def on_action(action: str) -> None:
             assert vmm is not None
@@ -85,6 +136,11 @@ def run_machine(
             elif action == SHOW_HELP:
                 with contextlib.suppress(OSError):
                     os.write(1, HELP.encode())  # to the terminal only, not into logs
+            elif action == SNAPSHOT:
+                if snapshotter is not None:
+                    snapshotter.request()
+                else:
+                    _stderr("pyvmm: no --snapshot DIR was given\r\n")
 
         fd = stdin_fd() if spec.kind == "stdio" else None
         is_tty = fd is not None and os.isatty(fd)
@@ -92,6 +148,8 @@ def run_machine(
             assert fd is not None
             session.raw_terminal(fd)
         vmm.start()
+        if snapshotter is not None:
+            snapshotter.start()
         if fd is not None:
             session.add_input(os.dup(fd), escapes=is_tty, on_action=on_action)
         if spec.kind == "unix":
@@ -106,6 +164,8 @@ def run_machine(
     finally:
         if vmm is not None:
             vmm.close()
+        if snapshotter is not None:
+            snapshotter.join()
         session.close()
         for sig, handler in saved_signals.items():
             signal.signal(sig, handler)

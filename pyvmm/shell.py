@@ -48,6 +48,17 @@ class Console(Protocol):
     def wait_ready(self, timeout: float = ...) -> None: ...
 
 
+def prepare(machine: Console, timeout: float) -> None:
+    """Turn the shell's echo and prompts off, and wait until it has: input
+    the shell has not read yet is not part of the guest (a snapshot taken
+    meanwhile would lose it). The marker is printed from two pieces, so
+    the echo of the typed line (still on) cannot look like it."""
+    tag = uuid.uuid4().hex[:12]
+    mark = len(machine.console)
+    machine.send(f"stty -echo; PS1=''; PS2=''; printf 'PYVMM-READY-%s\\n' {tag}\n", timeout)
+    machine.wait_for(rf"^PYVMM-READY-{tag}\n", timeout, start=mark)
+
+
 def run(machine: Console, command: str, timeout: float, body: str = "") -> RunResult:
     """Run ``command`` in the guest's shell: its output and exit status.
     ``body``: lines typed after the command line (a here-document's)."""

@@ -22,6 +22,8 @@ LAYERS = {
     "images": 5,
     "launch": 5,
     "run": 5,
+    "snapshot_trigger": 5,
+    "snapshot_cache": 5,
     "snapshot": 4,
     "shell": 6,
     "cli": 6,

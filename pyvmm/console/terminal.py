@@ -19,11 +19,13 @@ ESCAPE = 0x01  # Ctrl-A
 HELP = (
     "\r\npyvmm console escapes (Ctrl-A, then):\r\n"
     "  x       quit pyvmm, stopping the guest\r\n"
+    "  s       snapshot the guest into --snapshot DIR\r\n"
     "  h       this help\r\n"
     "  Ctrl-A  send Ctrl-A to the guest\r\n"
 )
 QUIT = "quit"
 SHOW_HELP = "help"
+SNAPSHOT = "snapshot"
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -52,6 +54,8 @@ class EscapeFilter:
                     break  # nothing typed after a quit matters
                 elif byte in b"hH?":
                     actions.append(SHOW_HELP)
+                elif byte in b"sS":
+                    actions.append(SNAPSHOT)
                 # any other key after the escape is dropped, as QEMU does
             elif byte == ESCAPE:
                 self._after_escape = True

@@ -22,6 +22,8 @@ class Ending(enum.Enum):
     MIGRATED = ("guest migrated", 8)
     #: Ctrl-A x on the console.
     QUIT = ("quit from the console", 0)
+    #: ``pyvmm run --snapshot-then exit``: saved, then stopped.
+    SNAPSHOT_EXIT = ("snapshot saved, guest stopped", 0)
     #: Signals: the usual 128 + signal number; a console whose reader went
     #: away ends the VM as a hang-up would.
     HANGUP = ("hung up (SIGHUP)", 128 + signal.SIGHUP)
