@@ -23,7 +23,7 @@ LAYERS = {
     "launch": 5,
     "run": 5,
     "snapshot_trigger": 5,
-    "snapshot_cache": 5,
+    "snapshot_cache": 6,
     "snapshot": 4,
     "shell": 6,
     "cli": 6,
