@@ -1,6 +1,6 @@
 """pyvmm's figures: exit cost, boot time, memory and console throughput.
 
-    python bench/run.py [--runs 3] [--only exits,startup,boot,memory,serial] [--guest auto]
+    python bench/run.py [--runs 3] [--only exits,startup,boot,memory,serial,restore,run,clones]
 
 - exits: time per port-I/O exit handled by pyvmm's vCPU loop
   (``vmm.vcpu.run_lean``: ``pyvmm_run``, ``ExitHandler.port``, the port bus,
@@ -19,7 +19,9 @@
   --memory 128M and 16G. pyvmm never touches guest RAM up front, so they
   should match within a few percent.
 - serial: bytes per second through the UART: the test guest prints 64 KiB
-  with polled I/O (two exits per byte), read from pyvmm's standard output.
+  with polled I/O (one exit per byte: the LSR read; KVM batches the THR
+  writes), read from pyvmm's standard output.
+- restore, run, clones: snapshots (bench/snapshots.py says what each is).
 
 Each figure is the median of --runs runs. Figures, not assertions: nothing
 here fails on a slow machine.
@@ -295,7 +297,7 @@ def serial(runs: int, elf: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--only", default="exits,startup,boot,memory,serial")
+    parser.add_argument("--only", default="exits,startup,boot,memory,serial,restore,run,clones")
     parser.add_argument("--guest", default="auto", help="default guest for the boot figure")
     parser.add_argument("--memory", default="512M", help="--memory for the boot figure")
     args = parser.parse_args()
@@ -312,6 +314,15 @@ def main() -> None:
             serial(args.runs, elf)
     if "boot" in which:
         boot(args.runs, args.guest, args.memory)
+    if {"restore", "run", "clones"} & set(which):
+        import snapshots  # bench/snapshots.py, next to this file
+
+        if "restore" in which:
+            snapshots.restore(max(args.runs, 5), test_guest())
+        if "run" in which:
+            snapshots.run_true(args.runs)
+        if "clones" in which:
+            snapshots.clones()
 
 
 if __name__ == "__main__":
