@@ -38,6 +38,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--pyvmm-initrd", help="initramfs for pyvmm fixtures")
     group.addoption("--pyvmm-memory", default="512M", help="guest RAM for pyvmm fixtures")
     group.addoption(
+        "--pyvmm-snapshots",
+        metavar="DIR",
+        help="where pyvmm_snapshot keeps snapshots (default: ~/.cache/pyvmm/snapshots)",
+    )
+    group.addoption(
         "--pyvmm-boot",
         action="store_true",
         help="boot every pyvmm_machine instead of restoring a cached snapshot",
@@ -76,7 +81,8 @@ def pyvmm_snapshot(request: pytest.FixtureRequest) -> Path:
     config = launch.make_config(
         options.pyvmm_kernel, options.pyvmm_initrd, memory=options.pyvmm_memory
     )
-    return snapshot_cache.default_snapshot(config)
+    folder = options.pyvmm_snapshots
+    return snapshot_cache.default_snapshot(config, Path(folder) if folder else None)
 
 
 @pytest.fixture

@@ -72,12 +72,13 @@ def _usable(path: Path) -> bool:
     return True
 
 
-def default_snapshot(config: MachineConfig) -> Path:
+def default_snapshot(config: MachineConfig, folder: Path | None = None) -> Path:
     """The cached snapshot of ``config``'s guest with its shell ready,
-    booting it once if there is none (or it is damaged)."""
+    booting it once if there is none (or it is damaged). ``folder``: where
+    snapshots are kept (default: the cache's ``snapshots``)."""
     from pyvmm.api import Machine
 
-    folder = cache_dir() / "snapshots"
+    folder = folder or cache_dir() / "snapshots"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / key(config)
     if _usable(path):
