@@ -94,5 +94,11 @@ def put_file(machine: Console, host: str | os.PathLike[str], guest: str, timeout
 
 
 def set_clock(machine: Console, timeout: float) -> None:
-    """Set the guest's wall clock to the host's (to the second)."""
-    run(machine, f"date -u -s @{round(time.time())} > /dev/null", timeout)
+    """Set the guest's wall clock to the host's. ``date -s`` takes whole
+    seconds, so the command goes out at the start of a host second, naming
+    that second: the guest is then behind by the time it takes to arrive
+    (milliseconds), not by up to a second."""
+    now = time.time()
+    second = int(now) + 1
+    time.sleep(second - now)
+    run(machine, f"date -u -s @{second} > /dev/null", timeout)

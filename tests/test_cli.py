@@ -36,13 +36,20 @@ MiB, GiB = 1 << 20, 1 << 30
         ("4096k", 4 * MiB),
         ("1GiB", GiB),
         ("1T", 1 << 40),
+        ("512B", 512),  # B alone means bytes
+        ("4096b", 4096),
+        ("2MB", 2 * MiB),
     ],
 )
 def test_parse_size(text: str, size: int) -> None:
     assert parse_size(text) == size
 
 
-@pytest.mark.parametrize("text", ["0", "abc", "-1G", "1.5G", "", "12X"])
+#: 512M and 128M in full-width and Arabic-Indic digits: only ASCII digits are sizes.
+OTHER_DIGITS = ["\uff15\uff11\uff12M", "\u0661\u0662\u0668M"]
+
+
+@pytest.mark.parametrize("text", ["0", "abc", "-1G", "1.5G", "", "12X", "0B", *OTHER_DIGITS])
 def test_bad_sizes(text: str) -> None:
     with pytest.raises(UserError):
         parse_size(text)
@@ -115,7 +122,7 @@ def test_initrd_missing(guests: Guests, tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.parametrize("memory", ["0", "abc", "-1G", "5T", "1M"])
+@pytest.mark.parametrize("memory", ["0", "abc", "-1G", "5T", "1M", "512B", "4096B", *OTHER_DIGITS])
 def test_bad_memory(guests: Guests, memory: str) -> None:
     one_line_error(pyvmm("run", "--kernel", guests.elf, f"--memory={memory}"), "memory")
 
@@ -125,7 +132,7 @@ def test_argument_errors_are_one_line_too(guests: Guests) -> None:
     one_line_error(pyvmm("run", "--bogus"), "--bogus")
 
 
-@pytest.mark.parametrize("cpus", ["0", "x", "-2"])
+@pytest.mark.parametrize("cpus", ["0", "x", "-2", "\uff12"])
 def test_bad_cpus(guests: Guests, cpus: str) -> None:
     one_line_error(pyvmm("run", "--kernel", guests.elf, "--cpus", cpus), "--cpus")
 

@@ -92,7 +92,8 @@ def load_kernel_file(path: str | os.PathLike[str], limit: int | None = None) -> 
 
 def encode_cmdline(cmdline: str, kernel: KernelImage) -> bytes:
     """The command line as the kernel will see it, checked against its limit."""
-    raw = cmdline.encode()
+    # Bytes that are not UTF-8 came in from argv as surrogates: give them back as they were.
+    raw = cmdline.encode("utf-8", "surrogateescape")
     if b"\0" in raw:
         raise UserError("command line contains a NUL byte")
     limit = min(kernel.cmdline_max, layout.CMDLINE_AREA_SIZE - 1)

@@ -133,13 +133,17 @@ class UnixConsole:
             except OSError:
                 return  # closed
             with self._lock:
+                old, self._client = self._client, None
+            if old is not None:
+                # The last client's input ends before the new one's begins:
+                # never two readers typing into the guest at once.
+                old.end()
+                old.input.stop(2.0)
+            with self._lock:
                 if self._closing.is_set():
                     sock.close()
                     return
-                old, self._client = self._client, _Client(sock, self._output, self._start_input)
-            if old is not None:
-                old.end()
-                old.join(2.0)
+                self._client = _Client(sock, self._output, self._start_input)
 
     def close(self) -> None:
         self._closing.set()

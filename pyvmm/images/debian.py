@@ -7,14 +7,17 @@ no root); only refreshing empty package lists (``apt-get update``) does.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import re
+import shutil
 import subprocess
 import tarfile
+import tempfile
 from pathlib import Path
 
 from pyvmm.errors import UserError
-from pyvmm.images.cache import progress
+from pyvmm.images.cache import locked, progress
 
 APT_LISTS = Path("/var/lib/apt/lists")
 
@@ -81,20 +84,62 @@ def newest(name_regex: str) -> tuple[str, str]:
     return name, found[name]
 
 
+def expected(package: str, version: str) -> tuple[str, int, str]:
+    """(file name, size, SHA-256) apt's package lists give for a version."""
+    show = _run(["apt-cache", "show", f"{package}={version}"]).stdout
+    for block in show.split("\n\n"):
+        fields = dict(
+            line.split(": ", 1) for line in block.splitlines() if ": " in line and line[0] != " "
+        )
+        if fields.get("Version") == version and "SHA256" in fields and "Size" in fields:
+            name = fields.get("Filename", f"{package}_{version}.deb").rsplit("/", 1)[-1]
+            return name, int(fields["Size"]), fields["SHA256"].strip()
+    raise ImageError(f"apt knows no size and checksum for {package} {version}")
+
+
+def verified(path: Path, size: int, sha256: str) -> bool:
+    """Whether ``path`` has exactly this size and SHA-256."""
+    try:
+        if path.stat().st_size != size:
+            return False
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        return h.hexdigest() == sha256
+    except OSError:
+        return False
+
+
 def download(package: str, version: str, dest: Path) -> Path:
-    """``apt-get download package=version`` into ``dest``; returns the .deb."""
+    """``package=version`` as a .deb in ``dest``, checked against the size
+    and SHA-256 in apt's lists. It is downloaded into a directory of its
+    own and renamed into place only once checked, one downloader at a time,
+    so a killed download or a full disk never leaves a .deb that looks whole."""
+    name, size, sha256 = expected(package, version)
+    final = dest / name
+    if verified(final, size, sha256):
+        return final
     dest.mkdir(parents=True, exist_ok=True)
-    # Debian file names encode ':' as '%3a'; match on the package name.
-    existing = sorted(dest.glob(f"{package}_*.deb"))
-    for deb in existing:
-        if _deb_version(deb) == version:
-            return deb
-    progress(f"downloading {package} {version}")
-    _run(["apt-get", "download", "-q", f"{package}={version}"], cwd=dest)
-    for deb in sorted(dest.glob(f"{package}_*.deb")):
-        if _deb_version(deb) == version:
-            return deb
-    raise ImageError(f"apt-get download {package} produced no .deb")
+    with locked(dest / f".{package}.lock"):
+        if verified(final, size, sha256):  # another process got it meanwhile
+            return final
+        for left in dest.glob(f".{package}.*"):  # by a download that was killed
+            if left.is_dir():
+                shutil.rmtree(left, ignore_errors=True)
+        progress(f"downloading {package} {version}")
+        tmp = Path(tempfile.mkdtemp(dir=dest, prefix=f".{package}."))
+        try:
+            _run(["apt-get", "download", "-q", f"{package}={version}"], cwd=tmp)
+            got = list(tmp.glob("*.deb"))
+            if len(got) != 1 or not verified(got[0], size, sha256):
+                raise ImageError(
+                    f"apt-get download {package} {version}: the file is not what apt's lists say"
+                )
+            os.replace(got[0], final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
 
 
 def _deb_version(deb: Path) -> str:

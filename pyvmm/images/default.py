@@ -15,20 +15,33 @@ versions and builds whatever is missing.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
 import subprocess
-import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from pyvmm.boot.bzimage import compression, payload
 from pyvmm.images import GUEST_KINDS, debian, initramfs
-from pyvmm.images.cache import cache_dir, progress, staging_dir, write_atomic
+from pyvmm.images.cache import (
+    cache_dir,
+    locked,
+    matches_manifest,
+    progress,
+    staging_dir,
+    visible,
+)
 from pyvmm.images.debian import ImageError
 from pyvmm.images.vmlinux import extract_vmlinux
 
+T = TypeVar("T")
+
+#: The initramfs's file name in its cache folder.
+INITRAMFS = "initramfs.cpio"
 #: The repository's images/ directory: the init script and the config fragment.
 IMAGES_SRC = Path(__file__).resolve().parents[2] / "images"
 
@@ -36,7 +49,7 @@ STOCK_PACKAGES = r"^linux-image-[0-9.+a-z-]*-cloud-amd64-unsigned$"
 SMALL_SOURCE_PACKAGE = "linux-source-6.1"
 BUSYBOX_PACKAGE = "busybox-static"
 #: Changing how an image is built changes its cache key through this.
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"
 #: Host tools the small kernel build needs, and the Debian packages with them.
 KERNEL_BUILD_TOOLS = {"make": "make", "gcc": "gcc", "flex": "flex", "bison": "bison",
                       "bc": "bc", "perl": "perl"}  # fmt: skip
@@ -69,26 +82,49 @@ def _debs() -> Path:
     return cache_dir() / "debs"
 
 
-def _newest_cached(paths: list[Path]) -> Path | None:
-    existing = [p for p in paths if p.exists()]
-    return max(existing, key=lambda p: p.stat().st_mtime) if existing else None
+def _newest_cached(folders: list[Path]) -> Path | None:
+    """The newest complete image folder among ``folders``: not a staging
+    folder (hidden), and its files as its manifest says."""
+    complete = [f for f in visible(iter(folders)) if matches_manifest(f)]
+    return max(complete, key=lambda f: f.stat().st_mtime) if complete else None
+
+
+def cache_errors(build: Callable[..., T]) -> Callable[..., T]:
+    """A full or read-only cache is a one-line ImageError, not a traceback."""
+
+    @functools.wraps(build)
+    def building(*args: Any, **kwargs: Any) -> T:
+        try:
+            return build(*args, **kwargs)
+        except OSError as e:
+            where = e.filename or cache_dir()
+            raise ImageError(f"cannot write the image cache ({where}): {e.strerror or e}") from None
+
+    return building
 
 
 # -- stock kernel ------------------------------------------------------------
 
 
+@cache_errors
 def stock_kernel(refresh: bool = False) -> Kernel:
     """Debian's newest cloud kernel: its bzImage and the vmlinux inside it."""
     if not refresh:
-        cached = _newest_cached(list((cache_dir() / "stock").glob("*/vmlinux")))
+        cached = _newest_cached(list((cache_dir() / "stock").glob("*")))
         if cached is not None:
-            return Kernel(cached.parent.name, cached.parent / "bzImage", cached)
+            return Kernel(cached.name, cached / "bzImage", cached / "vmlinux")
     package, version = debian.newest(STOCK_PACKAGES)
     release = package.removeprefix("linux-image-").removesuffix("-unsigned")
     final = cache_dir() / "stock" / release
     kernel = Kernel(release, final / "bzImage", final / "vmlinux")
-    if kernel.bzimage.is_file() and kernel.vmlinux.is_file():
-        return kernel
+    with locked(final.parent / f".{final.name}.lock"):
+        if matches_manifest(final, deep=refresh):
+            return kernel
+        _build_stock(package, version, release, final)
+    return kernel
+
+
+def _build_stock(package: str, version: str, release: str, final: Path) -> None:
     deb = debian.download(package, version, _debs())
     files = debian.extract(deb, [f"boot/vmlinuz-{release}", f"boot/config-{release}"])
     bzimage = files[f"boot/vmlinuz-{release}"]
@@ -99,7 +135,6 @@ def stock_kernel(refresh: bool = False) -> Kernel:
         (tmp / "bzImage").write_bytes(bzimage)
         (tmp / "config").write_bytes(files[f"boot/config-{release}"])
         (tmp / "vmlinux").write_bytes(extract_vmlinux(bzimage))
-    return kernel
 
 
 # -- small kernel ------------------------------------------------------------
@@ -124,10 +159,19 @@ def _check_build_tools() -> None:
 
 
 def _kernel_source(version: str) -> Path:
-    """The unpacked linux-source tree for ``version``, unpacking it once."""
+    """The unpacked linux-source tree for ``version``, unpacking it once
+    (the tree appears, renamed from its staging folder, only once whole)."""
     tree = cache_dir() / "src" / f"{SMALL_SOURCE_PACKAGE}-{version}"
     if (tree / "Makefile").is_file():
         return tree
+    with locked(tree.parent / f".{tree.name}.lock"):
+        if (tree / "Makefile").is_file():
+            return tree
+        _unpack_source(version, tree)
+    return tree
+
+
+def _unpack_source(version: str, tree: Path) -> None:
     deb = debian.download(SMALL_SOURCE_PACKAGE, version, _debs())
     tarball = f"usr/src/{SMALL_SOURCE_PACKAGE}.tar.xz"
     progress(f"unpacking {SMALL_SOURCE_PACKAGE} {version}")
@@ -135,24 +179,29 @@ def _kernel_source(version: str) -> Path:
         (tmp / "src.tar.xz").write_bytes(debian.extract(deb, [tarball])[tarball])
         subprocess.run(["tar", "-xJf", "src.tar.xz", "--strip-components=1"], cwd=tmp, check=True)
         (tmp / "src.tar.xz").unlink()
-    return tree
 
 
+@cache_errors
 def small_kernel(refresh: bool = False) -> Kernel:
     """The small kernel, built from source the first time (minutes)."""
     fragment = _source_file("small-kernel.config")
     fragment_key = _key(fragment.read_bytes())
     if not refresh:
-        cached = _newest_cached(list((cache_dir() / "small").glob(f"*-{fragment_key}/vmlinux")))
+        cached = _newest_cached(list((cache_dir() / "small").glob(f"*-{fragment_key}")))
         if cached is not None:
-            version = cached.parent.name.removesuffix(f"-{fragment_key}")
-            return Kernel(f"{version} small", cached.parent / "bzImage", cached)
+            version = cached.name.removesuffix(f"-{fragment_key}")
+            return Kernel(f"{version} small", cached / "bzImage", cached / "vmlinux")
     package, version = SMALL_SOURCE_PACKAGE, debian.newest(f"^{SMALL_SOURCE_PACKAGE}$")[1]
-    key = fragment_key
-    final = cache_dir() / "small" / f"{version}-{key}"
+    final = cache_dir() / "small" / f"{version}-{fragment_key}"
     kernel = Kernel(f"{version} small", final / "bzImage", final / "vmlinux")
-    if kernel.bzimage.is_file() and kernel.vmlinux.is_file():
-        return kernel
+    with locked(final.parent / f".{final.name}.lock"):
+        if matches_manifest(final, deep=refresh):
+            return kernel
+        _build_small(package, version, final, fragment)
+    return kernel
+
+
+def _build_small(package: str, version: str, final: Path, fragment: Path) -> None:
     _check_build_tools()
     src = _kernel_source(version)
     jobs = str(os.cpu_count() or 1)
@@ -175,34 +224,38 @@ def small_kernel(refresh: bool = False) -> Kernel:
         shutil.copy(build / "arch/x86/boot/bzImage", tmp / "bzImage")
         shutil.copy(build / ".config", tmp / "config")
         shutil.rmtree(build)
-    return kernel
 
 
 # -- initramfs ---------------------------------------------------------------
 
 
+@cache_errors
 def initramfs_image(refresh: bool = False) -> Path:
     """busybox-static and /init, as an uncompressed newc cpio."""
     init = _source_file("init").read_bytes()
     init_key = _key(init, "plain")
     if not refresh:
-        cached = _newest_cached(list((cache_dir() / "initramfs").glob(f"*-{init_key}.cpio")))
+        cached = _newest_cached(list((cache_dir() / "initramfs").glob(f"*-{init_key}")))
         if cached is not None:
-            return cached
+            return cached / INITRAMFS
     package, version = debian.newest(f"^{BUSYBOX_PACKAGE}$")
-    name = f"busybox-{version.replace(':', '_')}-{init_key}.cpio"
-    path = cache_dir() / "initramfs" / name
-    if path.is_file():
-        return path
+    final = cache_dir() / "initramfs" / f"busybox-{version.replace(':', '_')}-{init_key}"
+    with locked(final.parent / f".{final.name}.lock"):
+        if not matches_manifest(final, deep=refresh):
+            _build_initramfs(package, version, init, final)
+    return final / INITRAMFS
+
+
+def _build_initramfs(package: str, version: str, init: bytes, final: Path) -> None:
     deb = debian.download(package, version, _debs())
     busybox = debian.extract(deb, ["bin/busybox"])["bin/busybox"]
     progress(f"packing the initramfs (busybox {version})")
-    with tempfile.TemporaryDirectory() as tmp:
-        exe = Path(tmp) / "busybox"
+    with staging_dir(final) as tmp:
+        exe = tmp / "busybox"
         exe.write_bytes(busybox)
         exe.chmod(0o755)  # run on the host for its list of applets
-        write_atomic(path, initramfs.build(exe, init))
-    return path
+        (tmp / INITRAMFS).write_bytes(initramfs.build(exe, init))
+        exe.unlink()
 
 
 # -- the default guest -------------------------------------------------------

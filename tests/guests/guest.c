@@ -325,6 +325,22 @@ void guest_main(const u8 *bp, u64 entry)
         puts("flood end\n");
     }
 
+    if (has_word(cmdline, "action=echo")) {
+        outb(COM1 + 2, 0x01); /* FCR: FIFOs on */
+        outb(COM1 + 1, 0x01); /* IER: received-data interrupt on (IF stays clear) */
+        outb(COM1 + 4, 0x0b); /* MCR: DTR, RTS, OUT2: the port is open, input may flow */
+        puts("echo ready\n");
+        for (u32 idle = 0;; idle++) {
+            if (inb(COM1 + 5) & 0x01) { /* LSR.DR */
+                putc(inb(COM1));
+                idle = 0;
+            } else if (idle == 2000) {
+                putc('.');
+                idle = 0;
+            }
+        }
+    }
+
     if (has_word(cmdline, "action=count")) {
         for (u64 n = 1;; n++) {
             puts("count ");
