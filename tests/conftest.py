@@ -27,3 +27,21 @@ def kvm() -> None:
 @pytest.fixture(scope="session")
 def guests(tmp_path_factory: pytest.TempPathFactory) -> Guests:
     return build(tmp_path_factory.mktemp("guests"))
+
+
+def rig_qemu() -> tuple[int, ...] | None:
+    """QEMU's version when these tests run under scripts/nested-kvm.sh."""
+    version = os.environ.get("PYVMM_RIG_QEMU", "")
+    try:
+        return tuple(int(part) for part in version.split(".")) if version else None
+    except ValueError:
+        return None
+
+
+#: QEMU 7.2's SVM emulation does not pass an L2 guest's XSETBV on to L1's
+#: KVM: under scripts/nested-kvm.sh with that QEMU, a guest that enables
+#: XSAVE components itself never gets them. Not pyvmm's doing, and only there.
+xsetbv_defect = pytest.mark.xfail(
+    condition=(rig_qemu() or (0,))[:2] == (7, 2),
+    reason="QEMU 7.2 does not pass the guest's XSETBV to L1's KVM (the rig's defect)",
+)

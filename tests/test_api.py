@@ -16,7 +16,7 @@ from pyvmm.api import ConsoleText
 from pyvmm.errors import UserError
 from tests.guests.build import Guests
 
-pytestmark = pytest.mark.usefixtures("kvm")
+pytestmark = [pytest.mark.usefixtures("kvm"), pytest.mark.hwkvm]
 
 
 def test_wait_for_returns_the_match_and_times_out_with_the_console(guests: Guests) -> None:

@@ -12,6 +12,8 @@ import pytest
 
 import pyvmm
 
+pytestmark = pytest.mark.hwkvm
+
 
 @pytest.fixture(scope="module")
 def shipped(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:

@@ -12,9 +12,10 @@ import pytest
 
 from pyvmm.arch.x86_64 import pvm
 from tests.cli_util import pyvmm
+from tests.conftest import xsetbv_defect
 from tests.guests.build import PREF_ADDRESS, Guests
 
-pytestmark = pytest.mark.usefixtures("kvm")
+pytestmark = [pytest.mark.usefixtures("kvm"), pytest.mark.hwkvm]
 
 LOW_E820 = [
     "e820: 0x0000000000000000-0x000000000009fbff ram",
@@ -126,6 +127,7 @@ def test_halt_with_interrupts_disabled_ends_the_vm(guests: Guests) -> None:
     assert r.stderr == "pyvmm: guest halted with interrupts disabled\n"
 
 
+@xsetbv_defect
 def test_xsave_and_xrstor_in_kernel_mode(guests: Guests) -> None:
     """The guest saves XMM0 with XSAVE, clobbers it and gets it back with
     XRSTOR, at CPL0: native on hardware KVM, carried out by pyvmm on PVM."""

@@ -13,7 +13,7 @@ import pytest
 import pyvmm
 from tests.guests.build import Guests
 
-pytestmark = pytest.mark.usefixtures("kvm")
+pytestmark = [pytest.mark.usefixtures("kvm"), pytest.mark.hwkvm]
 
 
 def numbers(console: str) -> list[int]:

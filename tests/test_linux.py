@@ -25,6 +25,8 @@ from pyvmm.arch.x86_64 import pvm
 from pyvmm.images import default
 from tests.cpio_util import read_newc
 
+pytestmark = pytest.mark.hwkvm
+
 REPO = Path(__file__).resolve().parents[1]
 MEMORY_MIB = 256
 #: Generous: a boot takes about 90 s on a PVM host and a few seconds on hardware.

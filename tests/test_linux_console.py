@@ -27,6 +27,8 @@ TIMEOUT = 300
 PIPED_SCRIPT = b"echo piped-$((40+2))\npoweroff -f\n"
 PANIC_SCRIPT = b"echo c > /proc/sysrq-trigger\n"
 
+pytestmark = pytest.mark.hwkvm
+
 
 @dataclass
 class PtyGuest:

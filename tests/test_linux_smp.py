@@ -10,7 +10,7 @@ import pytest
 
 import pyvmm
 
-pytestmark = pytest.mark.usefixtures("kvm")
+pytestmark = [pytest.mark.usefixtures("kvm"), pytest.mark.hwkvm]
 
 BOOT_TIMEOUT = 900
 

@@ -12,7 +12,7 @@ import pytest
 
 import pyvmm
 
-pytestmark = pytest.mark.usefixtures("kvm")
+pytestmark = [pytest.mark.usefixtures("kvm"), pytest.mark.hwkvm]
 
 
 def test_three_clones_at_once(

@@ -16,7 +16,7 @@ import pytest
 
 from tests.guests.build import Guests
 
-pytestmark = pytest.mark.usefixtures("kvm")
+pytestmark = [pytest.mark.usefixtures("kvm"), pytest.mark.hwkvm]
 
 
 def start(guests: Guests, **streams: int) -> subprocess.Popen[bytes]:

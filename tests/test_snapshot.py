@@ -21,7 +21,7 @@ from pyvmm.snapshot.format import SnapshotError
 from tests.cli_util import one_line_error, pyvmm
 from tests.guests.build import Guests
 
-pytestmark = pytest.mark.usefixtures("kvm")
+pytestmark = [pytest.mark.usefixtures("kvm"), pytest.mark.hwkvm]
 
 
 def numbers(console: str) -> list[int]:

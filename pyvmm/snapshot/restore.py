@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from pyvmm.arch.x86_64 import cpuid
 from pyvmm.arch.x86_64.state import restore_clock, restore_vcpu, restore_vm
 from pyvmm.kvm import KvmError
 from pyvmm.snapshot import store
@@ -54,7 +55,9 @@ def check_host(vmm: Vmm, snap: Snapshot, path: Path) -> None:
     """The guest may use any CPU feature it was offered: this host must
     offer them all, from the same vendor, with the same XSAVE area."""
     assert vmm.kvm is not None
-    supported = vmm.kvm.supported_cpuid()
+    # What pyvmm would offer a guest here (KVM's supported leaves, with the
+    # bits pyvmm sets itself: the hypervisor bit, HTT), against what it was offered.
+    supported = cpuid.vcpu_cpuid(vmm.kvm.supported_cpuid(), apic_id=0, nr_vcpus=snap.config.cpus)
     here = vendor(supported)
     if snap.host.vendor and here and snap.host.vendor != here:
         raise SnapshotError(

@@ -311,6 +311,19 @@ void guest_main(const u8 *bp, u64 entry)
     if (has_word(cmdline, "action=xsave"))
         xsave_selftest();
 
+    if (has_word(cmdline, "action=cpuid")) {
+        /* What CPUID says here: on hardware KVM, the table pyvmm set. */
+        u32 a, b, c, d;
+        __asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(1), "c"(0));
+        puts("cpuid 1: logical ");
+        putdec((b >> 16) & 0xff);
+        puts(" htt ");
+        putdec((d >> 28) & 1);
+        puts(" hypervisor ");
+        putdec(c >> 31);
+        puts("\n");
+    }
+
     if (has_word(cmdline, "action=wait")) {
         puts("waiting\n"); /* with interrupts on: only the host can end this */
         for (;;)
