@@ -84,9 +84,8 @@ def inside(runs: int, lkvm: Path) -> None:
             times[name].append(timed(cmd))
     print(f"nested: boot to exit of the small kernel, quiet pyvmm.cmd=true, median of {runs}:")
     for name, values in times.items():
-        print(
-            f"  {name:<24} {statistics.median(values):6.2f} s   ({', '.join(f'{v:.2f}' for v in values)})"
-        )
+        each = ", ".join(f"{v:.2f}" for v in values)
+        print(f"  {name:<24} {statistics.median(values):6.2f} s   ({each})")
 
 
 def main() -> None:
