@@ -13,6 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from pyvmm.arch.x86_64 import decode, paging, xsave
+from pyvmm.arch.x86_64.msr import MSR_LSTAR, MSR_STAR
+from pyvmm.arch.x86_64.msr import MSR_SYSCALL_MASK as MSR_FMASK
+from pyvmm.arch.x86_64.regs import CR0_PG, CR4_LA57, RFLAGS_AC
+from pyvmm.arch.x86_64.regs import RFLAGS_RESERVED as RFLAGS_FIXED
 from pyvmm.kvm import Vcpu
 from pyvmm.memory import GuestMemory, GuestMemoryError
 
@@ -22,13 +26,8 @@ PF_VECTOR = 14  # #PF, page fault
 MF_VECTOR = 16  # #MF, x87 floating-point error
 FSW_ES = 1 << 7  # x87 status word: an unmasked exception is pending
 MAX_INSN = 15  # the longest x86 instruction
-RFLAGS_AC = 1 << 18  # alignment check / SMAP override, set by STAC and cleared by CLAC
-RFLAGS_FIXED = 1 << 1
 CLAC = b"\x0f\x01\xca"
 STAC = b"\x0f\x01\xcb"
-MSR_STAR = 0xC0000081
-MSR_LSTAR = 0xC0000082
-MSR_FMASK = 0xC0000084
 #: Room before the CLAC in an exception entry point (an ENDBR64 under IBT).
 ENTRY_SLACK = 8
 #: Linear addresses and RIP wrap at 64 bits.
@@ -160,9 +159,9 @@ class EmulationAssist:
             done += size
 
     def _physical(self, sregs: Any, vaddr: int, write: bool = False) -> int:
-        if not sregs.cr0 & (1 << 31):  # paging off
+        if not sregs.cr0 & CR0_PG:  # paging off
             return vaddr
-        if sregs.cr4 & (1 << 12):  # LA57: 5-level paging
+        if sregs.cr4 & CR4_LA57:
             raise decode.DecodeError("5-level paging is not supported")
         return paging.translate(self._memory.read_u64, sregs.cr3, vaddr, write)
 

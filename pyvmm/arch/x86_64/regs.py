@@ -19,11 +19,13 @@ CR0_PE = 1 << 0  # protected mode
 CR0_ET = 1 << 4  # extension type (hard-wired to 1 on modern CPUs)
 CR0_PG = 1 << 31  # paging
 CR4_PAE = 1 << 5  # physical address extension, required for long mode
+CR4_LA57 = 1 << 12  # 5-level paging
 EFER_LME = 1 << 8  # long mode enable
 EFER_LMA = 1 << 10  # long mode active
 
 RFLAGS_RESERVED = 1 << 1  # bit 1 always reads as 1
 RFLAGS_IF = 1 << 9
+RFLAGS_AC = 1 << 18  # alignment check / SMAP override, set by STAC and cleared by CLAC
 
 # x87 and SSE state after FNINIT / reset (SDM Vol. 1, 8.1.5 and 10.2.3.1).
 FPU_CONTROL_WORD = 0x37F
