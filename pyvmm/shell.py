@@ -48,6 +48,13 @@ class Console(Protocol):
     def wait_ready(self, timeout: float = ...) -> None: ...
 
 
+#: What :func:`prepare` types: no echo, no prompts. Without echo busybox's
+#: shell reads lines with plain stdio, where a signal (SIGCHLD from a
+#: background job ending) reads like the end of input and would end the
+#: shell, PID 1: "ignoreeof" makes it read on.
+PREPARE = "stty -echo; PS1=''; PS2=''; set -o ignoreeof"
+
+
 def prepare(machine: Console, timeout: float) -> None:
     """Turn the shell's echo and prompts off, and wait until it has: input
     the shell has not read yet is not part of the guest (a snapshot taken
@@ -55,19 +62,24 @@ def prepare(machine: Console, timeout: float) -> None:
     the echo of the typed line (still on) cannot look like it."""
     tag = uuid.uuid4().hex[:12]
     mark = len(machine.console)
-    machine.send(f"stty -echo; PS1=''; PS2=''; printf 'PYVMM-READY-%s\\n' {tag}\n", timeout)
+    machine.send(f"{PREPARE}; printf 'PYVMM-READY-%s\\n' {tag}\n", timeout)
     machine.wait_for(rf"^PYVMM-READY-{tag}\n", timeout, start=mark)
 
 
 def run(machine: Console, command: str, timeout: float, body: str = "") -> RunResult:
-    """Run ``command`` in the guest's shell: its output and exit status.
+    """Run ``command`` in the guest's shell: its output and exit status
+    (one ending in "&" is started in the background and returns at once).
     ``body``: lines typed after the command line (a here-document's)."""
     started = time.monotonic()
     machine.wait_ready(timeout)
     tag = uuid.uuid4().hex[:12]
     command = command.strip().rstrip(";")  # it is followed by "; printf ..."
+    # A command put in the background ends with its own separator, "&".
+    then = " " if command.endswith("&") and not command.endswith("&&") else "; "
     mark = len(machine.console)
-    line = f"printf '%s\\n' PYVMM-BEGIN-{tag}; {command}; printf '%s %s\\n' PYVMM-END-{tag} $?\n"
+    line = (
+        f"printf '%s\\n' PYVMM-BEGIN-{tag}; {command}{then}printf '%s %s\\n' PYVMM-END-{tag} $?\n"
+    )
     machine.send(line + body, max(timeout - (time.monotonic() - started), 0.001))
     left = timeout - (time.monotonic() - started)
     end = machine.wait_for(rf"PYVMM-END-{tag} (\d+)\n", max(left, 0.001), start=mark)

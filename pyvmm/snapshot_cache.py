@@ -19,6 +19,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from pyvmm import shell
 from pyvmm.images.cache import cache_dir, progress
 from pyvmm.snapshot import format, store
 from pyvmm.snapshot.format import SnapshotError
@@ -49,6 +50,7 @@ def key(config: MachineConfig) -> str:
                     h.update(chunk)
         h.update(b"\0")
     h.update(f"{config.cmdline}\0{config.memory}\0{config.cpus}\0".encode())
+    h.update(f"{shell.PREPARE}\0".encode())  # the shell as the snapshot keeps it
     h.update(_host())
     return h.hexdigest()[:16]
 

@@ -5,6 +5,7 @@ of the cached snapshot (pyvmm_snapshot), shared by every test here."""
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,6 +52,12 @@ def test_run_returns_output_and_status(machines: tuple[pyvmm.Machine, pyvmm.Mach
     assert vm.run("exit_with() { return $1; }; exit_with 3", timeout=120).status == 3
     assert vm.run("false", timeout=120).status == 1
     assert vm.run("printf no-newline", timeout=120).output == "no-newline"
+    # In the background: returns at once, the job goes on, and its end
+    # while the shell waits for a command does not end the shell.
+    assert vm.run("(sleep 1; echo later > /tmp/bg) &", timeout=120).status == 0
+    assert vm.run("test -e /tmp/bg", timeout=120).status == 1
+    time.sleep(3)
+    assert vm.run("cat /tmp/bg", timeout=120).output == "later\n"
 
 
 def test_files_arrive_with_content_and_mode(
