@@ -17,16 +17,14 @@ can run at once in one process.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import re
-import select
 import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pyvmm import launch, shell
+from pyvmm.api_console import DEFAULT_TIMEOUT, ConsoleWaits, GuestExited, GuestTimeout
 from pyvmm.console.session import ConsoleSession
 from pyvmm.console.text import ConsoleText
 from pyvmm.errors import UserError
@@ -37,26 +35,14 @@ from pyvmm.vmm.ending import Ending, Outcome
 from pyvmm.vmm.lifecycle import Vmm
 
 if TYPE_CHECKING:
+    from pyvmm.migration.send import Report
     from pyvmm.snapshot.take import Taken
 
 #: What the default guest's /init prints once userspace runs.
 READY = r"pyvmm guest: Linux \S+, up [0-9.]+ s"
-#: How often a waiter looks at a console line still being printed.
-RECHECK_SECONDS = 0.05
-#: How many console lines a timeout error shows.
-TAIL_LINES = 20
-DEFAULT_TIMEOUT = 600.0
 
 
-class GuestTimeout(TimeoutError):
-    """A wait on the guest ran out of time; the message ends with its console."""
-
-
-class GuestExited(RuntimeError):
-    """The guest ended while something was still waiting on it."""
-
-
-class Machine:
+class Machine(ConsoleWaits):
     """One guest, driven from Python. Keyword arguments mirror ``pyvmm run``;
     without ``kernel`` the default guest is used. ``extra_files`` maps host
     paths to guest paths to add to the initramfs (built on the fly, cached
@@ -64,7 +50,9 @@ class Machine:
 
     ``restore``: a snapshot directory (:meth:`snapshot` makes one) to resume
     instead of booting; ``memory``, ``cpus`` and ``kernel``, if given, must
-    be what the snapshot has."""
+    be what the snapshot has. ``incoming``: ``unix:PATH`` or
+    ``tcp:HOST:PORT`` where :meth:`start` waits for a guest another pyvmm
+    sends with :meth:`migrate`."""
 
     def __init__(
         self,
@@ -82,10 +70,19 @@ class Machine:
         extra_files: dict[str | os.PathLike[str], str] | None = None,
         ready: str = READY,
         restore: str | os.PathLike[str] | None = None,
+        incoming: str | None = None,
     ) -> None:
         self._restore = Path(restore) if restore is not None else None
+        self._incoming = incoming
         self._extra_files = dict(extra_files or {})
-        if self._restore is not None:
+        if incoming is not None:
+            from pyvmm.migration.protocol import parse_address
+
+            parse_address(incoming)  # a bad address is refused now
+            size = launch.memory_size(memory) if memory is not None else None
+            # The guest's configuration comes with it; until then, what was asked for.
+            config = MachineConfig(kernel="", memory=size or 0, cpus=cpus or 0)
+        elif self._restore is not None:
             config = self._restored_config(self._restore, kernel, memory, cpus)
             extra_files = None  # copied into the running guest instead
         elif config is None:
@@ -128,7 +125,7 @@ class Machine:
         restore.check_wanted(snap, path, size, cpus)
         if kernel is not None and Path(kernel).resolve() != Path(snap.config.kernel).resolve():
             raise SnapshotError(f"snapshot {path} was taken with kernel {snap.config.kernel}")
-        return restore.config_of(snap)
+        return restore.config_of(snap.config)
 
     # -- lifecycle -------------------------------------------------------
 
@@ -139,6 +136,9 @@ class Machine:
             raise RuntimeError("this machine was already started")
         try:
             # Bad input fails here, before the log file is created.
+            if self._incoming is not None:
+                self._receive(self._incoming)
+                return self
             if self._restore is not None:
                 self._vmm = self._build_restored(self._restore)
             else:
@@ -161,6 +161,42 @@ class Machine:
         )  # fmt: skip
         self._shell_ready = bool(store.load(path).extra.get("shell_ready"))
         return vmm
+
+    def _receive(self, address: str) -> None:
+        """Wait at ``address`` for a guest and run it here (start() of an
+        incoming machine)."""
+        from pyvmm.migration import protocol, receive
+
+        c = self.config
+        incoming = receive.receive(
+            protocol.parse_address(address), self._session.port(),
+            memory=c.memory or None, cpus=c.cpus or None, trace_kinds=c.trace, stats=c.stats,
+        )  # fmt: skip
+        self._vmm = incoming.vmm
+        self.config = incoming.vmm.config
+        self._shell_ready = bool(incoming.extra.get("shell_ready"))
+        try:
+            self._run()
+        except BaseException:
+            incoming.failed("the destination could not start the guest")
+            raise
+        incoming.resumed()
+
+    def migrate(self, address: str, max_downtime: float = 0.1) -> Report:
+        """Move the running guest to the pyvmm waiting at ``address``
+        (``Machine(incoming=...)`` or ``pyvmm run --incoming``): pre-copy,
+        pausing it for about ``max_downtime`` seconds at the end. Then it
+        runs there and this machine has ended (exit status 8). On failure
+        MigrationError says why, and the guest runs on here."""
+        from pyvmm.migration import protocol, send
+
+        if self._vmm is None or self.exit_status is not None:
+            raise GuestExited("the machine is not running")
+        target = protocol.parse_address(address)
+        report = send.migrate(self._vmm, target, max_downtime, {"shell_ready": self._shell_ready})
+        self._vmm.stop(Outcome(Ending.MIGRATED, f"the guest moved to {target}"))
+        self.wait(10)
+        return report
 
     def _after_restore(self) -> None:
         """A restored default guest's shell takes commands at once: set its
@@ -228,13 +264,6 @@ class Machine:
         return None
 
     @property
-    def exit_status(self) -> int | None:
-        """pyvmm's exit status for how the guest ended (see README), or None
-        while it runs."""
-        with self._lock:
-            return self._result.status if self._result is not None else None
-
-    @property
     def outcome(self) -> Outcome | None:
         """How the guest ended (an :class:`~pyvmm.vmm.ending.Outcome`), or None."""
         with self._lock:
@@ -266,92 +295,21 @@ class Machine:
         any thread, any number of times."""
         with self._close_lock:
             if self._vmm is not None:
-                self._vmm.close()
-            if self._waiter is not None and self._waiter is not threading.current_thread():
-                self._waiter.join(timeout=10)
+                self._vmm.halt()
             if self._input_w >= 0:
                 os.close(self._input_w)  # the reader sees the end and closes its side
                 self._input_w = -1
-            self._session.close()
+            self._session.close()  # no more input for the UART: then the VM can go
+            if self._vmm is not None:
+                self._vmm.close()
+            if self._waiter is not None and self._waiter is not threading.current_thread():
+                self._waiter.join(timeout=10)
 
     def __enter__(self) -> Machine:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    # -- console ---------------------------------------------------------
-
-    def _on_output(self, data: bytes) -> None:
-        with self._lock:
-            self._output.add(data)
-            # Waiters look again at each new line, and at least every
-            # RECHECK_SECONDS for a partial one (a prompt): the UART hands
-            # over one byte at a time.
-            if b"\n" in data:
-                self._lock.notify_all()
-
-    @property
-    def console(self) -> str:
-        """Everything the guest printed so far (CR LF as LF)."""
-        with self._lock:
-            return self._output.text()
-
-    def _timeout_message(self, what: str) -> str:
-        tail = "\n".join(self.console.splitlines()[-TAIL_LINES:])
-        return f"{what}; last console lines:\n{tail}"
-
-    def wait_for(
-        self, pattern: str | re.Pattern[str], timeout: float = DEFAULT_TIMEOUT, start: int = 0
-    ) -> re.Match[str]:
-        """The first match of ``pattern`` (multiline) in the console from
-        character ``start``; raises GuestTimeout, or GuestExited if the guest
-        ends first. The console may end in a line still being printed: end a
-        pattern with ``\\n`` rather than ``$`` to match only whole lines."""
-        regex = re.compile(pattern, re.MULTILINE) if isinstance(pattern, str) else pattern
-        deadline = time.monotonic() + timeout
-        searched = -1
-        with self._lock:
-            while True:
-                if self._output.length != searched:
-                    text = self._output.text()
-                    searched = self._output.length
-                    m = regex.search(text, start)
-                    if m:
-                        return m
-                if self._result is not None:
-                    raise GuestExited(
-                        self._timeout_message(f"the guest ended ({self._result.message})")
-                    )
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise GuestTimeout(
-                        self._timeout_message(f"no {regex.pattern!r} within {timeout} s")
-                    )
-                self._lock.wait(min(left, RECHECK_SECONDS))
-
-    def send(self, text: str | bytes, timeout: float = DEFAULT_TIMEOUT) -> None:
-        """Type ``text`` into the guest's console. Input waits in a pipe of
-        64 KiB until the guest reads it; raises GuestTimeout if the guest
-        has not taken it all within ``timeout``."""
-        if self._input_w < 0:
-            raise GuestExited("the machine is not running")
-        view = memoryview(text.encode() if isinstance(text, str) else text)
-        deadline = time.monotonic() + timeout
-        while view:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise GuestTimeout(
-                    self._timeout_message(
-                        f"the guest did not read {len(view)} bytes of input in {timeout} s"
-                    )
-                )
-            _, writable, _ = select.select([], [self._input_w], [], min(left, RECHECK_SECONDS * 4))
-            if writable:
-                with contextlib.suppress(BlockingIOError):
-                    view = view[os.write(self._input_w, view) :]
-            elif self.exit_status is not None:
-                raise GuestExited(self._timeout_message("the guest ended while input was pending"))
 
     # -- commands --------------------------------------------------------
 

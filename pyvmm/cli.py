@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from pyvmm.errors import UserError
+from pyvmm.errors import MigrationError, UserError
 from pyvmm.images import GUEST_KINDS
 
 if TYPE_CHECKING:
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 EXIT_USAGE = 2
 EXIT_VMM_ERROR = 1
+EXIT_INCOMING_FAILED = 9
 
 
 class _Parser(argparse.ArgumentParser):
@@ -100,6 +101,17 @@ def _parser() -> argparse.ArgumentParser:
         help="save the snapshot when the console first matches REGEX",
     )
     snap.add_argument(
+        "--incoming",
+        metavar="unix:PATH|tcp:HOST:PORT",
+        help="wait there for a guest another pyvmm migrates, instead of booting",
+    )
+    run.add_argument(
+        "--control",
+        metavar="unix:PATH",
+        help="a socket that takes commands: status, pause, resume, snapshot DIR, "
+        "migrate ADDR [SECONDS], quit",
+    )
+    snap.add_argument(
         "--snapshot-then",
         choices=("continue", "exit"),
         default="continue",
@@ -161,6 +173,15 @@ def _snapshot_plan(args: argparse.Namespace) -> SnapshotPlan | None:
     return SnapshotPlan(path, after, args.snapshot_then == "exit")
 
 
+def _control_path(text: str | None) -> Path | None:
+    if text is None:
+        return None
+    kind, _, path = text.partition(":")
+    if kind != "unix" or not path:
+        raise UserError(f"invalid --control {text!r}: use unix:PATH")
+    return Path(path)
+
+
 def _run(args: argparse.Namespace) -> int:
     from pyvmm import launch
     from pyvmm.console import backends
@@ -170,8 +191,24 @@ def _run(args: argparse.Namespace) -> int:
 
     trace = parse_trace(args.trace)
     plan = _snapshot_plan(args)
-    restore = None
-    if args.restore is not None:
+    control = _control_path(args.control)
+    restore = incoming = None
+    if args.incoming is not None:
+        from pyvmm.migration.protocol import parse_address
+        from pyvmm.run import Incoming
+
+        if args.restore or args.kernel or args.initrd or args.cmdline or args.guest != "auto":
+            raise UserError(
+                "--incoming takes the guest from the source: no kernel, restore or command line"
+            )
+        parse_address(args.incoming)
+        incoming = Incoming(
+            args.incoming,
+            launch.memory_size(args.memory) if args.memory is not None else None,
+            launch.cpu_count(args.cpus) if args.cpus is not None else None,
+        )
+        config = MachineConfig(kernel="")
+    elif args.restore is not None:
         if args.initrd is not None or args.cmdline or args.guest != "auto":
             raise UserError(
                 "--restore resumes a saved guest: --initrd, --cmdline and --guest do not apply"
@@ -191,14 +228,16 @@ def _run(args: argparse.Namespace) -> int:
     config.debug, config.trace, config.stats = args.debug, trace, args.stats
     spec = backends.parse(args.console)
     log = Path(args.console_log) if args.console_log else None
-    outcome = run_machine(config, spec, log, restore=restore, snapshot=plan)
+    outcome = run_machine(
+        config, spec, log, restore=restore, snapshot=plan, incoming=incoming, control=control
+    )
     while outcome.ending is Ending.RESET and args.reboot == "restart":
         print("pyvmm: guest rebooted; starting it again", file=sys.stderr, flush=True)
         if restore is not None:  # boot afresh what the snapshot was taken of
             from pyvmm.snapshot import restore as restoring
             from pyvmm.snapshot import store
 
-            config = restoring.config_of(store.load(restore.path))
+            config = restoring.config_of(store.load(restore.path).config)
             config.debug, config.trace, config.stats = args.debug, trace, args.stats
             restore = None
         outcome = run_machine(config, spec, log, append_log=True, restore=restore)
@@ -223,6 +262,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as e:
         print(f"pyvmm: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except MigrationError as e:  # an incoming migration: the source's guest runs on there
+        print(f"pyvmm: {e}", file=sys.stderr)
+        return EXIT_INCOMING_FAILED
     except KeyboardInterrupt:
         print("pyvmm: interrupted", file=sys.stderr)
         return 128 + signal.SIGINT

@@ -3,3 +3,7 @@
 
 class UserError(Exception):
     """Bad input from the user (a path, a size, a kernel file): exit status 2."""
+
+
+class MigrationError(Exception):
+    """A live migration that cannot go on; the message says why."""

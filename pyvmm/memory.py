@@ -64,6 +64,9 @@ class GuestMemory:
         self.size = sum(r.size for r in ranges)
         self.file_backed = backing is not None
         self._regions: list[_Region] = []
+        # Pages pyvmm itself wrote, while someone (a migration) wants to know:
+        # KVM's dirty log sees only the guest's own writes.
+        self._written: set[int] | None = None
         try:
             for r in ranges:
                 # Flags from <sys/mman.h> via the extension: Python's mmap
@@ -106,6 +109,20 @@ class GuestMemory:
         for slot, region in enumerate(self._regions):
             yield slot, region.range, region.view
 
+    def track_writes(self, on: bool) -> None:
+        """Start (or stop) noting which pages pyvmm writes to."""
+        self._written = set() if on else None
+
+    def mark_written(self, gpa: int, size: int) -> None:
+        """Note that pyvmm wrote [gpa, gpa+size) (by a view, say)."""
+        if self._written is not None and size > 0:
+            self._written.update(range(gpa // PAGE_SIZE, (gpa + size - 1) // PAGE_SIZE + 1))
+
+    def take_written(self) -> set[int]:
+        """The page numbers pyvmm wrote since the last call."""
+        taken, self._written = self._written or set(), set() if self._written is not None else None
+        return taken
+
     def view(self, gpa: int, size: int) -> memoryview:
         """A writable view of guest RAM [gpa, gpa+size); raises if not all RAM."""
         if size < 0 or gpa < 0:
@@ -125,6 +142,8 @@ class GuestMemory:
 
     def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
         self.view(gpa, len(data))[:] = data
+        if self._written is not None:
+            self.mark_written(gpa, len(data))
 
     def fill(self, gpa: int, size: int, byte: int = 0) -> None:
         """Set [gpa, gpa+size) to ``byte`` (zeroing BSS, clearing a table)."""
@@ -135,6 +154,7 @@ class GuestMemory:
         for off in range(0, size, len(chunk)):
             n = min(len(chunk), size - off)
             view[off : off + n] = chunk[:n]
+        self.mark_written(gpa, size)
 
     def read_u64(self, gpa: int) -> int:
         value: int = struct.unpack("<Q", self.view(gpa, 8))[0]
@@ -142,6 +162,7 @@ class GuestMemory:
 
     def write_u64(self, gpa: int, value: int) -> None:
         struct.pack_into("<Q", self.view(gpa, 8), 0, value)
+        self.mark_written(gpa, 8)
 
     def close(self) -> None:
         """Unmap all regions. KVM must no longer use them (close the VM first)."""

@@ -25,7 +25,8 @@ from typing import Any
 
 import pytest
 
-from pyvmm.api import DEFAULT_TIMEOUT, Machine
+from pyvmm.api import Machine
+from pyvmm.api_console import DEFAULT_TIMEOUT
 
 #: Console characters shown in a failure report, per machine.
 REPORT_TAIL = 8000

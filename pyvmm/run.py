@@ -57,9 +57,47 @@ class Restore:
     kernel: str | None = None
 
 
-def _build(config: MachineConfig, restore: Restore | None, session: ConsoleSession) -> Vmm:
+@dataclass(frozen=True)
+class Incoming:
+    """``--incoming ADDR``: wait there for a guest instead of booting."""
+
+    address: str
+    memory: int | None = None
+    cpus: int | None = None
+
+
+#: How often the main thread wakes while the VM runs (see _wait_for_signals).
+SIGNAL_POLL_SECONDS = 0.2
+
+
+def _wait_for_signals(vmm: Vmm) -> Outcome:
+    """Wait for the VM to end, waking now and then: the kernel may hand
+    SIGTERM to any thread, and Python runs its handler only once the main
+    thread runs again, which a wait without end would never do."""
+    while (ended := vmm.wait(SIGNAL_POLL_SECONDS)) is None:
+        pass
+    return ended
+
+
+def _build(
+    config: MachineConfig,
+    restore: Restore | None,
+    incoming: Incoming | None,
+    session: ConsoleSession,
+) -> tuple[Vmm, Callable[[], None]]:
+    """The machine, and what to call once it runs (the migration's answer)."""
+    if incoming is not None:
+        from pyvmm.migration import protocol, receive
+
+        address = protocol.parse_address(incoming.address)
+        received = receive.receive(
+            address, session.port(), _stderr, incoming.memory, incoming.cpus,
+            config.trace, config.stats, config.debug,
+            on_listening=lambda: _stderr(f"pyvmm: waiting for a guest at {address}\n"),
+        )  # fmt: skip
+        return received.vmm, received.resumed
     if restore is None:
-        return builder.build_for_boot(config, session.port(), _stderr)
+        return builder.build_for_boot(config, session.port(), _stderr), lambda: None
     from pyvmm.snapshot import restore as restoring
     from pyvmm.snapshot.format import SnapshotError
 
@@ -79,7 +117,7 @@ def _build(config: MachineConfig, restore: Restore | None, session: ConsoleSessi
             f"{vmm.clock_behind_ns / 1e9:.0f} s behind; 'hwclock -s' in the guest sets it "
             "from its RTC\n"
         )
-    return vmm
+    return vmm, lambda: None
 
 
 def run_machine(
@@ -89,6 +127,8 @@ def run_machine(
     append_log: bool = False,
     restore: Restore | None = None,
     snapshot: SnapshotPlan | None = None,
+    incoming: Incoming | None = None,
+    control: Path | None = None,
 ) -> Outcome:
     """Boot the guest (or resume the snapshot ``restore``) with its console
     where ``spec`` says (standard input and output by default), run it to
@@ -98,10 +138,11 @@ def run_machine(
     saved_signals: dict[signal.Signals, Any] = {}
     vmm = None
     snapshotter = None
+    closers: list[Callable[[], None]] = []
     try:
         # Bad input (the kernel, the initrd, sizes, the snapshot) is found
         # here, before any console file or socket is created.
-        vmm = _build(config, restore, session)
+        vmm, running = _build(config, restore, incoming, session)
         config = vmm.config
         if snapshot is not None:
             from pyvmm.snapshot_trigger import Snapshotter
@@ -148,25 +189,34 @@ def run_machine(
             assert fd is not None
             session.raw_terminal(fd)
         vmm.start()
+        running()
         if snapshotter is not None:
             snapshotter.start()
+        if control is not None:
+            from pyvmm.control import ControlServer
+
+            server = ControlServer(control, vmm, _stderr)
+            closers.append(server.close)
         if fd is not None:
             session.add_input(os.dup(fd), escapes=is_tty, on_action=on_action)
         if spec.kind == "unix":
             assert spec.path is not None
             session.add_unix(spec.path)
         try:
-            ended = vmm.wait()
+            ended = _wait_for_signals(vmm)
         except KeyboardInterrupt:  # SIGINT without a terminal (raw mode passes Ctrl-C on)
             vmm.stop(Outcome(Ending.INTERRUPTED, "interrupted"))
-            ended = vmm.wait()
-        assert ended is not None
+            ended = _wait_for_signals(vmm)
     finally:
+        for close in closers:
+            close()
         if vmm is not None:
-            vmm.close()
+            vmm.halt()
         if snapshotter is not None:
             snapshotter.join()
-        session.close()
+        session.close()  # no more input for the UART: then the VM can go
+        if vmm is not None:
+            vmm.close()
         for sig, handler in saved_signals.items():
             signal.signal(sig, handler)
     # The terminal is back in its own mode here.

@@ -13,10 +13,8 @@ nobody is attached is dropped, as on a serial line.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import socket
-import stat
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,10 +23,9 @@ from typing import Protocol
 
 from pyvmm.console.output import ConsoleOutput, Sink
 from pyvmm.errors import UserError
+from pyvmm.sockets import claim_path
 
 KINDS = ("stdio", "none", "file", "unix")
-#: Longest path a Unix socket address holds (sun_path, less its NUL).
-SUN_PATH_MAX = 107
 
 
 @dataclass(frozen=True)
@@ -107,10 +104,7 @@ class UnixConsole:
         self.path = path
         self._output = output
         self._start_input = start_input
-        if len(os.fsencode(path)) > SUN_PATH_MAX:
-            raise UserError(f"--console unix:{path}: the path is longer than a Unix socket "
-                            f"address holds ({SUN_PATH_MAX} bytes)")  # fmt: skip
-        _remove_stale_socket(path)
+        claim_path(path, f"--console unix:{path}")
         self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             # Before bind, so the socket file is created private whatever the umask.
@@ -158,25 +152,3 @@ class UnixConsole:
             client.join(2.0)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
-
-
-def _remove_stale_socket(path: Path) -> None:
-    """Refuse a path that is not a socket, or a socket that someone listens
-    on; remove a socket left behind by a process that is gone."""
-    try:
-        mode = path.lstat().st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise UserError(f"--console unix:{path}: the path exists and is not a socket")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(str(path))
-    except OSError as e:
-        if e.errno != errno.ECONNREFUSED:
-            raise UserError(f"--console unix:{path}: {e.strerror}") from None
-        path.unlink()  # nobody listens: left behind by an earlier run
-        return
-    finally:
-        probe.close()
-    raise UserError(f"--console unix:{path}: another program is listening on it")

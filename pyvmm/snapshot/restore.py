@@ -21,7 +21,7 @@ from pyvmm.arch.x86_64 import cpuid
 from pyvmm.arch.x86_64.state import restore_clock, restore_vcpu, restore_vm
 from pyvmm.kvm import KvmError
 from pyvmm.snapshot import store
-from pyvmm.snapshot.format import Snapshot, SnapshotError
+from pyvmm.snapshot.format import HostInfo, SavedConfig, Snapshot, SnapshotError
 from pyvmm.snapshot.take import features, vendor, xsave_size
 from pyvmm.vmm import boot_trace
 from pyvmm.vmm.builder import assemble
@@ -29,8 +29,8 @@ from pyvmm.vmm.config import HostQuirks, MachineConfig
 from pyvmm.vmm.lifecycle import Console, Vmm
 
 
-def config_of(snap: Snapshot) -> MachineConfig:
-    c = snap.config
+def config_of(saved: SavedConfig) -> MachineConfig:
+    c = saved
     return MachineConfig(
         kernel=c.kernel,
         initrd=c.initrd,
@@ -51,36 +51,37 @@ def check_wanted(snap: Snapshot, path: Path, memory: int | None, cpus: int | Non
         raise SnapshotError(f"snapshot {path} has {snap.config.cpus} vCPUs, not {cpus}")
 
 
-def check_host(vmm: Vmm, snap: Snapshot, path: Path) -> None:
+def check_host(vmm: Vmm, host: HostInfo, cpus: int, path: Path | str) -> None:
     """The guest may use any CPU feature it was offered: this host must
-    offer them all, from the same vendor, with the same XSAVE area."""
+    offer them all, from the same vendor, with the same XSAVE area.
+    ``path``: where the guest comes from, for messages."""
     assert vmm.kvm is not None
     # What pyvmm would offer a guest here (KVM's supported leaves, with the
     # bits pyvmm sets itself: the hypervisor bit, HTT), against what it was offered.
-    supported = cpuid.vcpu_cpuid(vmm.kvm.supported_cpuid(), apic_id=0, nr_vcpus=snap.config.cpus)
+    supported = cpuid.vcpu_cpuid(vmm.kvm.supported_cpuid(), apic_id=0, nr_vcpus=cpus)
     here = vendor(supported)
-    if snap.host.vendor and here and snap.host.vendor != here:
+    if host.vendor and here and host.vendor != here:
         raise SnapshotError(
-            f"snapshot {path} was taken on a {snap.host.vendor} CPU; this host has {here}"
+            f"snapshot {path} was taken on a {host.vendor} CPU; this host has {here}"
         )
     have = features(supported)
     lacking = [
         f"{word} {bits & ~have.get(word, 0):#x}"
-        for word, bits in snap.host.features.items()
+        for word, bits in host.features.items()
         if bits & ~have.get(word, 0)
     ]
-    if lacking and not snap.host.pvm:  # on PVM the guest sees the host's CPUID anyway
+    if lacking and not host.pvm:  # on PVM the guest sees the host's CPUID anyway
         raise SnapshotError(
             f"snapshot {path} was taken on a host whose CPU differs: this one lacks "
             f"CPUID features {', '.join(lacking)}"
         )
-    if snap.host.xsave_size != xsave_size(vmm.kvm):
+    if host.xsave_size != xsave_size(vmm.kvm):
         raise SnapshotError(
             f"snapshot {path} was taken on a host whose CPU differs (XSAVE area of "
-            f"{snap.host.xsave_size} bytes, here {xsave_size(vmm.kvm)})"
+            f"{host.xsave_size} bytes, here {xsave_size(vmm.kvm)})"
         )
-    if snap.host.pvm != vmm.config.quirks.pvm:
-        kind = "emulates" if snap.host.pvm else "does not emulate"
+    if host.pvm != vmm.config.quirks.pvm:
+        kind = "emulates" if host.pvm else "does not emulate"
         raise SnapshotError(
             f"snapshot {path} was taken on a host that {kind} guest kernel mode (PVM); this one "
             "differs"
@@ -105,7 +106,7 @@ def build_from_snapshot(
     trace = boot_trace.BootTrace(trace_out if "boot" in trace_kinds else None)
     snap = store.load(path)
     check_wanted(snap, path, memory, cpus)
-    config = config_of(snap)
+    config = config_of(snap.config)
     config.trace, config.stats, config.debug = trace_kinds, stats, debug
     if trace:
         trace.step(
@@ -116,7 +117,7 @@ def build_from_snapshot(
     try:
         assemble(vmm, trace, memory_file=fd, cpuids=[v.cpuid for v in snap.vcpus])
         vmm.memory_file = path / store.MEMORY
-        check_host(vmm, snap, path)
+        check_host(vmm, snap.host, snap.config.cpus, path)
         restore_state(vmm, snap, trace)
     except KvmError as e:
         vmm.close()

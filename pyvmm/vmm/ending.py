@@ -20,6 +20,9 @@ class Ending(enum.Enum):
     PANIC = ("guest kernel panicked", 7)
     #: The guest moved to another pyvmm process (live migration).
     MIGRATED = ("guest migrated", 8)
+    #: An incoming migration failed before the guest ran here (the source's
+    #: guest runs on there).
+    INCOMING_FAILED = ("incoming migration failed", 9)
     #: Ctrl-A x on the console.
     QUIT = ("quit from the console", 0)
     #: ``pyvmm run --snapshot-then exit``: saved, then stopped.

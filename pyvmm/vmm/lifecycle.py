@@ -150,6 +150,14 @@ class Vmm:
         for runner in self._runners:
             runner.stop()
 
+    def halt(self) -> None:
+        """Stop the vCPUs if they run and wait for them, keeping devices and
+        descriptors: what feeds the devices from other threads (console
+        input) is stopped after this and before :meth:`close`."""
+        if self._runners:
+            self.stop(Outcome(Ending.INTERRUPTED, "machine closed"))
+            self._join()
+
     @property
     def ended(self) -> bool:
         return self._ended.is_set()
@@ -250,9 +258,7 @@ class Vmm:
         with self._close_lock:
             if self._closed:
                 return
-            if self._runners:
-                self.stop(Outcome(Ending.INTERRUPTED, "machine closed"))
-                self._join()
+            self.halt()
             if self.devices is not None:
                 self.devices.close()
             if self.ring is not None:

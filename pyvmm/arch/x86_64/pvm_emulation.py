@@ -340,6 +340,7 @@ class EmulationAssist:
         phys = self._physical(sregs, op.address, write=True)
         view = self._memory.view(phys, 16)  # 16-aligned: never crosses a page
         ok, old_lo, old_hi = decode.atomic_cmpxchg16b(view, regs.rax, regs.rdx, regs.rbx, regs.rcx)
+        self._memory.mark_written(phys, 16)
         zf = 1 << 6
         if ok:
             regs.rflags |= zf
