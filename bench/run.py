@@ -1,6 +1,7 @@
 """pyvmm's figures: exit cost, boot time, memory and console throughput.
 
-    python bench/run.py [--runs 3] [--only exits,startup,boot,memory,serial,restore,run,clones]
+    python bench/run.py [--runs 3] [--only exits,startup,boot,memory,serial,restore,run,clones,
+                                          migrate-idle,migrate-dirty]
 
 - exits: time per port-I/O exit handled by pyvmm's vCPU loop
   (``vmm.vcpu.run_lean``: ``pyvmm_run``, ``ExitHandler.port``, the port bus,
@@ -22,6 +23,7 @@
   with polled I/O (one exit per byte: the LSR read; KVM batches the THR
   writes), read from pyvmm's standard output.
 - restore, run, clones: snapshots (bench/snapshots.py says what each is).
+- migrate-idle, migrate-dirty: live migration (bench/migration.py).
 
 Each figure is the median of --runs runs. Figures, not assertions: nothing
 here fails on a slow machine.
@@ -297,7 +299,10 @@ def serial(runs: int, elf: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--only", default="exits,startup,boot,memory,serial,restore,run,clones")
+    parser.add_argument(
+        "--only",
+        default="exits,startup,boot,memory,serial,restore,run,clones,migrate-idle,migrate-dirty",
+    )
     parser.add_argument("--guest", default="auto", help="default guest for the boot figure")
     parser.add_argument("--memory", default="512M", help="--memory for the boot figure")
     args = parser.parse_args()
@@ -323,6 +328,13 @@ def main() -> None:
             snapshots.run_true(args.runs)
         if "clones" in which:
             snapshots.clones()
+    if {"migrate-idle", "migrate-dirty"} & set(which):
+        import migration  # bench/migration.py, next to this file
+
+        if "migrate-idle" in which:
+            migration.idle(args.runs)
+        if "migrate-dirty" in which:
+            migration.dirtying(args.runs, test_guest())
 
 
 if __name__ == "__main__":

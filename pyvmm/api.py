@@ -18,6 +18,7 @@ can run at once in one process.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -110,6 +111,12 @@ class Machine(ConsoleWaits):
         self._close_lock = threading.Lock()
 
     @staticmethod
+    def _trace_out(text: str) -> None:
+        """``trace=``: like ``pyvmm run --trace``, on standard error."""
+        sys.stderr.write(text)
+        sys.stderr.flush()
+
+    @staticmethod
     def _restored_config(
         path: Path,
         kernel: str | os.PathLike[str] | None,
@@ -142,7 +149,9 @@ class Machine(ConsoleWaits):
             if self._restore is not None:
                 self._vmm = self._build_restored(self._restore)
             else:
-                self._vmm = builder.build_for_boot(self.config, self._session.port())
+                self._vmm = builder.build_for_boot(
+                    self.config, self._session.port(), self._trace_out
+                )
             self._run()
             if self._restore is not None:
                 self._after_restore()
@@ -156,7 +165,7 @@ class Machine(ConsoleWaits):
 
         c = self.config
         vmm = restore.build_from_snapshot(
-            path, self._session.port(), memory=c.memory, cpus=c.cpus,
+            path, self._session.port(), self._trace_out, memory=c.memory, cpus=c.cpus,
             trace_kinds=c.trace, stats=c.stats, debug=c.debug,
         )  # fmt: skip
         self._shell_ready = bool(store.load(path).extra.get("shell_ready"))
@@ -169,7 +178,7 @@ class Machine(ConsoleWaits):
 
         c = self.config
         incoming = receive.receive(
-            protocol.parse_address(address), self._session.port(),
+            protocol.parse_address(address), self._session.port(), self._trace_out,
             memory=c.memory or None, cpus=c.cpus or None, trace_kinds=c.trace, stats=c.stats,
         )  # fmt: skip
         self._vmm = incoming.vmm

@@ -77,9 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--trace",
         default="",
-        metavar="boot,exits",
-        help="print each boot step with its numbers (boot), or each VM exit (exits, "
-        "rate-limited), on standard error",
+        metavar="boot,exits,migration",
+        help="print each boot step with its numbers (boot), each VM exit (exits, "
+        "rate-limited), or each migration round (migration), on standard error",
     )
     run.add_argument(
         "--stats",

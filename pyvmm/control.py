@@ -122,6 +122,8 @@ class ControlServer:
         except MigrationError as e:
             self._say(f"pyvmm: {e}\n")
             raise
+        if self.vmm.config.stats:
+            self._say(f"pyvmm: migration (--stats)\n{report.table()}")
         self.vmm.stop(Outcome(Ending.MIGRATED, f"the guest moved to {address}"))
         return (
             f"ok the guest moved to {address} ({report.rounds} rounds, {report.pages} pages, "

@@ -56,7 +56,9 @@ def _resolves(name: str, modules: list[ModuleType]) -> bool:
     return False
 
 
-@pytest.mark.parametrize(("doc", "least"), [("how-it-boots.md", 40), ("snapshots.md", 20)])
+@pytest.mark.parametrize(
+    ("doc", "least"), [("how-it-boots.md", 40), ("snapshots.md", 20), ("migration.md", 15)]
+)
 def test_every_name_in_the_docs_exists(doc: str, least: int) -> None:
     text = (ROOT / "docs" / doc).read_text()
     names = set(re.findall(r"`([A-Za-z_]\w*(?:\.\w+)+)`", text))

@@ -1,9 +1,10 @@
-"""Live migration of the default Linux guest (KVM): a shell loop writing a
-file is moved mid-way from a clone of the cached snapshot to a destination
-machine, finishes there, and the file is whole."""
+"""Live migration of the default Linux guest (KVM): a clone of the cached
+snapshot is moved in the middle of a run() of a shell loop that writes a
+file in /tmp; the loop finishes on the destination, and the file is whole."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -18,13 +19,6 @@ pytestmark = [pytest.mark.usefixtures("kvm"), pytest.mark.hwkvm]
 LINES = 60
 
 
-def until(condition: Callable[[], bool], timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(1)
-
-
 def test_a_shell_loop_finishes_on_the_destination(
     pyvmm_factory: Callable[..., pyvmm.Machine],
     pyvmm_snapshot: Path,
@@ -32,12 +26,22 @@ def test_a_shell_loop_finishes_on_the_destination(
     request: pytest.FixtureRequest,
 ) -> None:
     src = pyvmm_factory(restore=pyvmm_snapshot).start()
-    # Paced so that it is still going when the guest moves, even on hardware KVM.
-    src.run(
-        f"(for i in $(seq {LINES}); do echo line-$i >> /tmp/loop; usleep 100000; done;"
-        " touch /tmp/done) > /dev/null 2>&1 &"
+    # Each line goes to the file and the console; paced so that the loop is
+    # still going when the guest moves, even on hardware KVM.
+    loop = (
+        f"for i in $(seq {LINES}); do echo line-$i >> /tmp/loop; echo line-$i; usleep 100000; done"
     )
-    until(lambda: int(src.run("cat /tmp/loop 2>/dev/null | wc -l").output) >= 5)
+    ended_here: list[BaseException] = []
+
+    def run_the_loop() -> None:
+        try:
+            src.run(loop, timeout=600)
+        except pyvmm.GuestExited as e:
+            ended_here.append(e)
+
+    runner = threading.Thread(target=run_the_loop, daemon=True)
+    runner.start()
+    src.wait_for(r"^line-5\n", timeout=120)
 
     target = f"unix:{tmp_path / 'in.sock'}"
     dst = pyvmm_factory(incoming=target, memory=request.config.option.pyvmm_memory)
@@ -47,12 +51,19 @@ def test_a_shell_loop_finishes_on_the_destination(
         time.sleep(0.05)
     report = src.migrate(target)
     started.join(60)
+    runner.join(60)
     print(f"\n{report.rounds} rounds, {report.pages} pages, {report.bytes_sent} bytes, "
           f"downtime {report.downtime_seconds * 1000:.0f} ms")  # fmt: skip
     assert src.exit_status == 8  # the source ends: its guest lives on elsewhere
+    assert len(ended_here) == 1  # and its run() says the guest is gone
 
-    assert int(dst.run("cat /tmp/loop 2>/dev/null | wc -l").output) < LINES  # it moved mid-way
-    until(lambda: dst.run("test -f /tmp/done").status == 0)
+    # The loop's last lines, and the shell's end marker for that run(), come
+    # out on the destination's console.
+    done = dst.wait_for(r"PYVMM-END-\w+ (\d+)\n", timeout=300)
+    assert done.group(1) == "0"  # type: ignore[attr-defined]
+    moved_at = int(re.findall(r"^line-(\d+)\n", src.console, re.M)[-1])
+    assert moved_at < LINES
+    assert f"line-{LINES}\n" in dst.console
     lines = dst.run("cat /tmp/loop").output.splitlines()
     assert lines == [f"line-{i}" for i in range(1, LINES + 1)]
     assert dst.shutdown(timeout=120) == 0

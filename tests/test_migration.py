@@ -237,15 +237,19 @@ def test_the_command_line_migrates_through_the_control_socket(
 ) -> None:
     target, ctl = tmp_path / "in.sock", tmp_path / "control.sock"
     run = [sys.executable, "-m", "pyvmm", "run"]
-    dst = subprocess.Popen([*run, "--incoming", f"unix:{target}"], stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)  # fmt: skip
+    dst = subprocess.Popen([*run, "--incoming", f"unix:{target}", "--trace", "migration"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     src = subprocess.Popen(
         [*run, "--kernel", str(guests.elf), "--memory", "64M", "--cmdline", "action=memcount",
-         "--control", f"unix:{ctl}"],
+         "--control", f"unix:{ctl}", "--trace", "migration", "--stats",
+         "--console-log", str(tmp_path / "src.log")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         while not (ctl.exists() and target.exists()):
+            time.sleep(0.05)
+        log = tmp_path / "src.log"
+        while "count 2 ok" not in (log.read_text() if log.exists() else ""):
             time.sleep(0.05)
         assert control(ctl, "status") == "ok running"
         assert control(ctl, "pause") == "ok paused"
@@ -255,11 +259,17 @@ def test_the_command_line_migrates_through_the_control_socket(
         assert answer.startswith(f"ok the guest moved to unix:{target}")
         src_out, src_err = src.communicate(timeout=30)
         assert src.returncode == 8
-        assert src_err == f"pyvmm: the guest moved to unix:{target}\n"
+        # --trace migration: each round; --stats: the migration's table, then the exits'.
+        assert re.match(r"migration round 0: \d+ pages, \d+ bytes in \d+ ms", src_err)
+        assert "\nmigration paused: " in src_err and "\nmigration done: " in src_err
+        assert re.search(r"\npyvmm: migration \(--stats\)\n  rounds +\d+ pre-copy", src_err)
+        assert f"\npyvmm: the guest moved to unix:{target}\n" in src_err
         time.sleep(2)
         dst.send_signal(signal.SIGTERM)
-        dst_out, _ = dst.communicate(timeout=30)
+        dst_out, dst_err = dst.communicate(timeout=30)
         assert dst.returncode == 143
+        assert re.search(r"^migration round 0 received: \d+ pages$", dst_err, re.M)
+        assert "migration state received: " in dst_err
         last = counts(src_out)[-1][0]
         there = counts(dst_out)
         assert there[0] == (last + 1, "ok") and all(v == "ok" for _, v in there)

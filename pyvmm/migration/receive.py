@@ -150,7 +150,7 @@ def receive(
         assemble(vmm, trace, cpuids=cpuids)
         check_host(vmm, host, saved.cpus, f"the guest from {address}")
         channel.send(protocol.ACCEPT)
-        pages, state = _take_pages(vmm, channel)
+        pages, state = _take_pages(vmm, channel, trace_out if "migration" in trace_kinds else None)
         if trace:
             trace.step(f"receive the guest from {address} (migration.receive)", [
                 f"{pages} pages written into guest RAM, each batch's CRC-32 checked",
@@ -177,17 +177,24 @@ def receive(
         raise
 
 
-def _take_pages(vmm: Vmm, channel: Channel) -> tuple[int, bytes]:
+def _take_pages(
+    vmm: Vmm, channel: Channel, trace: Callable[[str], None] | None
+) -> tuple[int, bytes]:
     """PAGES and ROUND frames until the STATE frame: the pages written, and
     the STATE payload."""
     memory = vmm.memory
     assert memory is not None
-    count = 0
+    count = in_round = 0
     while True:
         kind, payload = channel.expect(protocol.PAGES, protocol.ROUND, protocol.STATE)
         if kind == protocol.STATE:
+            if trace is not None:
+                trace(f"migration state received: {len(payload) - 32} bytes\n")
             return count, payload
         if kind == protocol.ROUND:
+            if trace is not None:
+                trace(f"migration round {payload[0]} received: {in_round} pages\n")
+            in_round = 0
             continue
         round_no, pages = protocol.read_pages(payload)
         channel.received_pages = True
@@ -199,6 +206,7 @@ def _take_pages(vmm: Vmm, channel: Channel) -> tuple[int, bytes]:
             elif round_no:  # in round 0 the page is still zero here
                 memory.fill(gpa, PAGE)
             count += 1
+            in_round += 1
 
 
 def _state(payload: bytes) -> Snapshot:

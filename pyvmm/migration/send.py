@@ -62,6 +62,18 @@ class Report:
     #: Pages sent in each round.
     per_round: list[int] | None = None
 
+    def table(self) -> str:
+        """What ``--stats`` prints after a migration."""
+        rounds = "+".join(str(n) for n in self.per_round or [])
+        return (
+            f"  rounds      {self.rounds} pre-copy + 1 paused; pages {rounds}\n"
+            f"  pages       {self.pages} sent, {self.zero_pages} of them all zero (a marker each)\n"
+            f"  bytes       {self.bytes_sent}\n"
+            f"  total       {self.total_seconds * 1000:.0f} ms (connect to running there)\n"
+            f"  downtime    {self.downtime_seconds * 1000:.0f} ms (paused here to running there; "
+            f"{self.state_to_running_seconds * 1000:.0f} ms from the state's last byte)\n"
+        )
+
 
 def connect(address: Address) -> socket.socket:
     deadline = time.monotonic() + CONNECT_SECONDS
@@ -147,6 +159,7 @@ def migrate(
     on failure it runs on here and MigrationError says why."""
     assert vmm.vm is not None and vmm.memory is not None
     report = Report(str(address), per_round=[])
+    trace = vmm.trace_out if "migration" in vmm.config.trace else None
     started = time.monotonic()
     channel = Channel(connect(address))
     log = DirtyLog(vmm.vm, vmm.memory)
@@ -163,9 +176,17 @@ def migrate(
             assert report.per_round is not None
             report.per_round.append(len(pages))
             report.rounds = round_no + 1
-            bandwidth = (channel.sent - bytes_before) / max(time.monotonic() - round_start, 1e-6)
+            took = time.monotonic() - round_start
+            bandwidth = (channel.sent - bytes_before) / max(took, 1e-6)
             pages = log.take()
             left = len(pages) * (PAGE + 8) / max(bandwidth, 1.0)
+            if trace is not None:
+                trace(
+                    f"migration round {round_no}: {report.per_round[-1]} pages, "
+                    f"{channel.sent - bytes_before} bytes in {took * 1000:.0f} ms "
+                    f"({bandwidth / 2**20:.0f} MiB/s); {len(pages)} dirtied meanwhile "
+                    f"(~{left * 1000:.0f} ms to send, target {max_downtime * 1000:.0f} ms)\n"
+                )
             if left <= max_downtime or (round_no and len(pages) >= report.per_round[-1]):
                 break
         if not vmm.paused:
@@ -180,10 +201,21 @@ def migrate(
         state = encode(capture(vmm, extra))
         channel.send(protocol.STATE, state + hashlib.sha256(state).digest())
         state_sent = time.monotonic()
+        if trace is not None:
+            trace(
+                f"migration paused: {len(pages)} last pages and {len(state)} bytes of state "
+                f"(SHA-256 {hashlib.sha256(state).hexdigest()[:16]}...) sent in "
+                f"{(state_sent - paused_at) * 1000:.0f} ms\n"
+            )
         channel.expect(protocol.RESUMED)
         now = time.monotonic()
         report.downtime_seconds = now - paused_at
         report.state_to_running_seconds = now - state_sent
+        if trace is not None:
+            trace(
+                f"migration done: the guest runs at {address}; downtime "
+                f"{report.downtime_seconds * 1000:.0f} ms\n"
+            )
     except MigrationError as e:
         log.stop()
         if paused_here:

@@ -23,7 +23,7 @@ MIN_MEMORY = 2 * MiB
 MAX_CPUS = 255
 
 #: What --trace can show.
-TRACE_KINDS = ("boot", "exits")
+TRACE_KINDS = ("boot", "exits", "migration")
 
 _UNITS = {"": 1 << 20, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 # ASCII digits only (str.isdigit and \d also take other scripts' digits); a
@@ -82,7 +82,7 @@ class MachineConfig:
     cpus: int = 1
     #: Add register dumps to failure reports.
     debug: bool = False
-    #: What to trace on standard error: "boot", "exits".
+    #: What to trace on standard error: "boot", "exits", "migration".
     trace: tuple[str, ...] = ()
     #: Count exits by reason and place (``--stats``).
     stats: bool = False

@@ -76,6 +76,8 @@ class Vmm:
     ) -> None:
         self.config = config
         self.console = console
+        #: Where --trace writes (standard error on the command line).
+        self.trace_out = trace_out
         self.kvm: Kvm | None = None
         self.vm: Vm | None = None
         self.memory: GuestMemory | None = None

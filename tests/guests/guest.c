@@ -86,6 +86,35 @@ static int has_word(const char *s, const char *w)
     return 0;
 }
 
+/* The decimal number after "name" (e.g. "rate=") on the command line, or dflt. */
+static u64 number_after(const char *s, const char *name, u64 dflt)
+{
+    for (const char *start = s; *s; s++) {
+        if (s != start && s[-1] != ' ')
+            continue;
+        const char *a = s, *b = name;
+        while (*b && *a == *b)
+            a++, b++;
+        if (*b || *a < '0' || *a > '9')
+            continue;
+        u64 v = 0;
+        while (*a >= '0' && *a <= '9')
+            v = v * 10 + (u64)(*a++ - '0');
+        return v;
+    }
+    return dflt;
+}
+
+/* PIT channel 0 (i8254: 1193182 Hz input clock), counting down from 65536
+ * in mode 2: a clock the guest reads without interrupts. */
+#define PIT_HZ 1193182
+static u16 pit_read(void)
+{
+    outb(0x43, 0x00); /* latch channel 0 */
+    u16 lo = inb(0x40);
+    return (u16)(lo | (u16)inb(0x40) << 8);
+}
+
 static u32 crc_table[256];
 
 /* CRC-32 as zlib computes it (reflected polynomial 0xedb88320). */
@@ -369,6 +398,32 @@ void guest_main(const u8 *bp, u64 entry)
             puts("count ");
             putdec(n / 1000);
             puts(sum == want ? " ok\n" : " BAD\n");
+        }
+    }
+
+    if (has_word(cmdline, "action=dirty")) {
+        /* Dirties rate= pages a second (default 10000), round the 16384
+         * pages from 32 MiB, timed by the PIT; says every second how many. */
+        volatile u64 *area = (volatile u64 *)0x2000000;
+        const u64 pages = 16384, rate = number_after(cmdline, "rate=", 10000);
+        outb(0x43, 0x34); /* channel 0, lobyte/hibyte, mode 2 */
+        outb(0x40, 0);
+        outb(0x40, 0); /* reload 0: 65536 */
+        u64 ticks = 0, written = 0, reported = 0;
+        u16 last = pit_read();
+        puts("dirtying\n");
+        for (;;) {
+            u16 now = pit_read();
+            ticks += (u16)(last - now);
+            last = now;
+            for (u64 due = ticks * rate / PIT_HZ; written < due; written++)
+                area[(written % pages) * 512] = written;
+            if (ticks / PIT_HZ > reported) {
+                reported = ticks / PIT_HZ;
+                puts("dirtied ");
+                putdec(written);
+                puts("\n");
+            }
         }
     }
 
