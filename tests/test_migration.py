@@ -20,13 +20,10 @@ import pytest
 import pyvmm as pyvmm_api
 from pyvmm.errors import MigrationError, UserError
 from tests.cli_util import one_line_error
+from tests.counting import goes_on, numbers, verdicts
 from tests.guests.build import Guests
 
 pytestmark = [pytest.mark.usefixtures("kvm"), pytest.mark.hwkvm]
-
-
-def counts(console: str) -> list[tuple[int, str]]:
-    return [(int(n), v) for n, v in re.findall(r"^count (\d+) (ok|BAD)\n", console, re.M)]
 
 
 def source(guests: Guests) -> pyvmm_api.Machine:
@@ -59,12 +56,10 @@ class Destination:
 def carried_on(src: pyvmm_api.Machine, dst: pyvmm_api.Machine) -> None:
     """The count goes on at the destination from where the source stopped,
     and every check of the guest's own memory passes on both."""
-    last = counts(src.console)[-1][0]
-    dst.wait_for(rf"^count {last + 10} ", timeout=60)
-    there = counts(dst.console)
-    assert there[0][0] == last + 1
-    assert [n for n, _ in there] == list(range(last + 1, last + 1 + len(there)))
-    assert all(v == "ok" for _, v in counts(src.console) + there)
+    before = src.console
+    dst.wait_for(rf"^count {numbers(before)[-1] + 10} ", timeout=60)
+    goes_on(before, dst.console)
+    assert set(verdicts(before + dst.console)) == {"ok"}
 
 
 @pytest.mark.parametrize("kind", ["unix", "tcp"])
@@ -148,7 +143,7 @@ def test_a_failed_migration_leaves_the_source_running_and_a_second_succeeds(
         assert isinstance(dst.error, MigrationError) and words in str(dst.error)
         dst.machine.close()
         assert src.exit_status is None and not os.path.exists(target)
-        last = counts(src.console)[-1][0]
+        last = numbers(src.console)[-1]
         src.wait_for(rf"^count {last + 5} ", timeout=60)  # as if nothing happened
         again = Destination(f"unix:{target}", memory="64M")
         with again.machine:
@@ -172,7 +167,7 @@ def test_a_destination_that_dies_leaves_the_source_running(guests: Guests, tmp_p
                 for _ in range(20):  # a migration quicker than the kill: try again
                     src.migrate(f"unix:{target}")
                     pytest.fail("the migration should have failed")  # pragma: no cover
-            last = counts(src.console)[-1][0]
+            last = numbers(src.console)[-1]
             src.wait_for(rf"^count {last + 5} ", timeout=60)
     finally:
         dst.kill()
@@ -270,9 +265,8 @@ def test_the_command_line_migrates_through_the_control_socket(
         assert dst.returncode == 143
         assert re.search(r"^migration round 0 received: \d+ pages$", dst_err, re.M)
         assert "migration state received: " in dst_err
-        last = counts(src_out)[-1][0]
-        there = counts(dst_out)
-        assert there[0] == (last + 1, "ok") and all(v == "ok" for _, v in there)
+        assert goes_on(src_out, dst_out)
+        assert set(verdicts(src_out + dst_out)) == {"ok"}
     finally:
         for p in (src, dst):
             if p.poll() is None:

@@ -19,13 +19,10 @@ import pyvmm as pyvmm_api
 from pyvmm.snapshot import store
 from pyvmm.snapshot.format import SnapshotError
 from tests.cli_util import one_line_error, pyvmm
+from tests.counting import goes_on, numbers
 from tests.guests.build import Guests
 
 pytestmark = [pytest.mark.usefixtures("kvm"), pytest.mark.hwkvm]
-
-
-def numbers(console: str) -> list[int]:
-    return [int(n) for n in re.findall(r"^count (\d+)\n", console, re.M)]
 
 
 def counting(guests: Guests) -> pyvmm_api.Machine:
@@ -35,14 +32,14 @@ def counting(guests: Guests) -> pyvmm_api.Machine:
 
 
 @pytest.fixture
-def snapshot(guests: Guests, tmp_path: Path) -> tuple[Path, int]:
-    """A snapshot of the counting guest, and the last count before it."""
+def snapshot(guests: Guests, tmp_path: Path) -> tuple[Path, str]:
+    """A snapshot of the counting guest, and what it printed before it."""
     with counting(guests) as m:
         m.wait_for(r"^count 25\n", timeout=60)
-        m.pause()  # so the last count printed is the last the snapshot holds
-        last = numbers(m.console)[-1]
+        m.pause()  # so what it printed is all the snapshot holds
+        before = m.console
         m.snapshot(tmp_path / "snap")
-    return tmp_path / "snap", last
+    return tmp_path / "snap", before
 
 
 def test_three_clones_go_on_from_the_snapshot_and_the_original_too(
@@ -51,7 +48,8 @@ def test_three_clones_go_on_from_the_snapshot_and_the_original_too(
     with counting(guests) as original:
         original.wait_for(r"^count 25\n", timeout=60)
         original.pause()
-        n = numbers(original.console)[-1]
+        before = original.console
+        n = numbers(before)[-1]
         taken = original.snapshot(tmp_path / "snap")
         assert original.exit_status is None  # paused before: paused after
         original.resume()
@@ -61,8 +59,7 @@ def test_three_clones_go_on_from_the_snapshot_and_the_original_too(
                 c.start()  # side by side
             for c in clones:
                 c.wait_for(rf"^count {n + 20}\n", timeout=60)
-                seen = numbers(c.console)
-                assert seen[0] == n + 1 and seen == list(range(n + 1, n + 1 + len(seen)))
+                assert goes_on(before, c.console)[0] in (n + 1, n + 2)
         finally:
             for c in clones:
                 c.close()
@@ -73,19 +70,19 @@ def test_three_clones_go_on_from_the_snapshot_and_the_original_too(
 
 
 def test_a_restored_guest_can_be_snapshotted_again(
-    snapshot: tuple[Path, int], tmp_path: Path
+    snapshot: tuple[Path, str], tmp_path: Path
 ) -> None:
-    path, n = snapshot
+    path, before = snapshot
     with pyvmm_api.Machine(restore=path) as clone:
         clone.start()
-        clone.wait_for(rf"^count {n + 10}\n", timeout=60)
+        clone.wait_for(rf"^count {numbers(before)[-1] + 10}\n", timeout=60)
         clone.pause()
-        m = numbers(clone.console)[-1]
+        before += clone.console
         clone.snapshot(tmp_path / "again")
     with pyvmm_api.Machine(restore=tmp_path / "again") as second:
         second.start()
-        second.wait_for(rf"^count {m + 5}\n", timeout=60)
-        assert numbers(second.console)[0] == m + 1
+        second.wait_for(rf"^count {numbers(before)[-1] + 5}\n", timeout=60)
+        goes_on(before, second.console)
 
 
 def test_snapshot_into_an_existing_or_unwritable_place_leaves_the_guest_running(
@@ -121,8 +118,10 @@ def test_cli_snapshot_after_a_match_then_restore(guests: Guests, tmp_path: Path)
     )
     try:
         assert proc.stdout is not None
-        first = proc.stdout.readline()
-        assert first == f"count {last + 1}\n"
+        first = proc.stdout.readline()  # the rest of a line cut short, or the next
+        if not first.startswith("count"):
+            first += proc.stdout.readline()
+        assert goes_on(r.stdout, first)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 143
     finally:
@@ -178,7 +177,7 @@ def rewrite(path: Path, change: dict[str, object]) -> None:
     ],
 )
 def test_cli_refuses_a_bad_snapshot_and_leaves_nothing(
-    snapshot: tuple[Path, int], tmp_path: Path, damage: str, words: str
+    snapshot: tuple[Path, str], tmp_path: Path, damage: str, words: str
 ) -> None:
     path, _ = snapshot
     if damage == "missing":
@@ -208,7 +207,7 @@ def test_cli_refuses_a_bad_snapshot_and_leaves_nothing(
     ],
 )
 def test_cli_refuses_options_that_contradict_the_snapshot(
-    snapshot: tuple[Path, int], option: list[str], words: str
+    snapshot: tuple[Path, str], option: list[str], words: str
 ) -> None:
     one_line_error(pyvmm("run", "--restore", snapshot[0], *option), words)
 
@@ -223,7 +222,7 @@ def test_snapshot_options_need_a_place(guests: Guests, tmp_path: Path) -> None:
     )
 
 
-def test_restore_trace_shows_each_step(snapshot: tuple[Path, int]) -> None:
+def test_restore_trace_shows_each_step(snapshot: tuple[Path, str]) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "pyvmm", "run", "--restore", str(snapshot[0]), "--trace", "boot"],
         capture_output=True,
