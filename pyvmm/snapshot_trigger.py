@@ -73,8 +73,10 @@ class Snapshotter:
             if self.vmm.ended:
                 return
             try:
-                taken = take(self.vmm, self.plan.path)
+                taken = take(self.vmm, self.plan.path, keep_paused=self.plan.then_exit)
             except SnapshotError as e:
+                if self.plan.then_exit:
+                    self.vmm.resume()
                 self._say(f"pyvmm: {e}; the guest runs on\n")
                 continue
             self._say(

@@ -3,6 +3,7 @@ round trips, and damaged files refused whole (Hypothesis)."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -98,6 +99,36 @@ def test_store_round_trip_and_sparse_memory(tmp_path: Path) -> None:
         f.seek(0x1000)
         assert f.read(10) == b"guest data"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no leftovers
+
+
+@pytest.mark.parametrize("kernel_copies", [True, False])
+def test_a_clone_memory_file_is_copied_with_its_holes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kernel_copies: bool
+) -> None:
+    """A restored guest's snapshot starts from the memory file it maps,
+    which may lie on another file system (copy_file_range: EXDEV)."""
+    if not kernel_copies:
+
+        def exdev(*_: object) -> int:
+            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
+
+        monkeypatch.setattr(os, "copy_file_range", exdev)
+    base, size = tmp_path / "base", 40 * MiB
+    with open(base, "wb") as f:
+        f.truncate(size)
+        for where in (0x3000, 20 * MiB + 7, size - 16):
+            f.seek(where)
+            f.write(b"data%d" % where)
+    copy = tmp_path / "copy"
+    src, dst = os.open(base, os.O_RDONLY), os.open(copy, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.ftruncate(dst, size)
+        store._copy_data(src, dst, size)
+    finally:
+        os.close(src)
+        os.close(dst)
+    assert copy.read_bytes() == base.read_bytes()
+    assert copy.stat().st_blocks * 512 <= 1 * MiB  # the holes stayed holes
 
 
 def test_store_refuses_an_existing_directory(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
@@ -31,6 +32,8 @@ CHECKSUM = "state.sha256"
 MEMORY = "memory"
 #: Guest RAM is compared with zeros and written in chunks of this size.
 CHUNK = 64 * 1024
+#: Most bytes one copy between memory files moves (a bound on the buffer).
+COPY_CHUNK = 16 << 20
 _ZERO = bytes(CHUNK)
 #: A state file larger than this is refused unread (a few vCPUs' state is KiB).
 MAX_STATE = 64 << 20
@@ -64,8 +67,24 @@ def _copy_data(src: int, dst: int, size: int) -> None:
             return
         end = min(os.lseek(src, start, os.SEEK_HOLE), size)
         while start < end:
-            start += os.copy_file_range(src, dst, end - start, start, start)
+            n = _copy_range(src, dst, min(end - start, COPY_CHUNK), start)
+            if n == 0:  # the file ended early (truncated meanwhile)
+                return
+            start += n
         offset = end
+
+
+def _copy_range(src: int, dst: int, count: int, offset: int) -> int:
+    """Copy up to ``count`` bytes at ``offset``: in the kernel where it can
+    (copy_file_range), through a buffer between two file systems (EXDEV:
+    Linux 5.19 and later copy only within one kind of file system)."""
+    try:
+        return os.copy_file_range(src, dst, count, offset, offset)
+    except OSError as e:
+        if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+    data = os.pread(src, count, offset)
+    return os.pwrite(dst, data, offset) if data else 0
 
 
 def write_memory(memory: GuestMemory, fd: int, base: Path | None = None) -> int:

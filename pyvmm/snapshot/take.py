@@ -97,10 +97,14 @@ def capture(vmm: Vmm, extra: dict[str, Any] | None = None) -> Snapshot:
     )
 
 
-def take(vmm: Vmm, path: Path, extra: dict[str, Any] | None = None) -> Taken:
+def take(
+    vmm: Vmm, path: Path, extra: dict[str, Any] | None = None, keep_paused: bool = False
+) -> Taken:
     """Snapshot ``vmm`` into ``path`` (which must not exist). The guest is
-    paused meanwhile and runs on afterwards (unless it was paused before);
-    on failure (SnapshotError) nothing is left at ``path``."""
+    paused meanwhile and runs on afterwards (unless it was paused before, or
+    ``keep_paused``: a guest about to be stopped must not print what its
+    snapshot's clones will print again); on failure (SnapshotError) nothing
+    is left at ``path``."""
     assert vmm.memory is not None
     was_paused = vmm.paused
     started = time.monotonic()
@@ -110,6 +114,6 @@ def take(vmm: Vmm, path: Path, extra: dict[str, Any] | None = None) -> Taken:
         written = store.save(Path(path), snap, vmm.memory, vmm.memory_file)
     finally:
         paused = time.monotonic() - started
-        if not was_paused:
+        if not was_paused and not keep_paused:
             vmm.resume()
     return Taken(Path(path), written, paused)
