@@ -17,6 +17,7 @@ import pyvmm
 pytestmark = [pytest.mark.usefixtures("kvm"), pytest.mark.hwkvm]
 
 LINES = 60
+PAUSE_AT = 10
 
 
 def test_a_shell_loop_finishes_on_the_destination(
@@ -26,10 +27,12 @@ def test_a_shell_loop_finishes_on_the_destination(
     request: pytest.FixtureRequest,
 ) -> None:
     src = pyvmm_factory(restore=pyvmm_snapshot).start()
-    # Each line goes to the file and the console; paced so that the loop is
-    # still going when the guest moves, even on hardware KVM.
+    # Each line goes to the file and the console. After line 10 the loop
+    # waits for a line of input, which only the destination gives it, so it
+    # is still going when the guest moves however slow the host is.
     loop = (
-        f"for i in $(seq {LINES}); do echo line-$i >> /tmp/loop; echo line-$i; usleep 100000; done"
+        f"for i in $(seq {LINES}); do echo line-$i >> /tmp/loop; echo line-$i; "
+        f"if [ $i = {PAUSE_AT} ]; then read -r go; fi; usleep 50000; done"
     )
     ended_here: list[BaseException] = []
 
@@ -59,10 +62,11 @@ def test_a_shell_loop_finishes_on_the_destination(
 
     # The loop's last lines, and the shell's end marker for that run(), come
     # out on the destination's console.
+    dst.send("go\n")
     done = dst.wait_for(r"PYVMM-END-\w+ (\d+)\n", timeout=300)
     assert done.group(1) == "0"  # type: ignore[attr-defined]
     moved_at = int(re.findall(r"^line-(\d+)\n", src.console, re.M)[-1])
-    assert moved_at < LINES
+    assert moved_at <= PAUSE_AT
     assert f"line-{LINES}\n" in dst.console
     lines = dst.run("cat /tmp/loop").output.splitlines()
     assert lines == [f"line-{i}" for i in range(1, LINES + 1)]
