@@ -16,7 +16,7 @@ import zstandard
 
 from pyvmm.boot.image import KernelFormatError
 from pyvmm.boot.zeropage import put_field
-from pyvmm.images import cpio, initramfs
+from pyvmm.images import cpio, default, initramfs
 from pyvmm.images.vmlinux import compression, extract_vmlinux
 from tests.cpio_util import read_newc
 from tests.guests.build import Guests, make_bzimage
@@ -120,3 +120,23 @@ def test_unknown_or_missing_payload() -> None:
         extract_vmlinux(bzimage_with_payload(b"\x00" * 64))
     with pytest.raises(KernelFormatError, match="no payload"):
         extract_vmlinux(make_bzimage(b"\x90" * 64, relocatable=False))
+
+
+def test_the_stock_kernels_modules_follow_the_initramfs(tmp_path: Path) -> None:
+    paths = list(default.STOCK_MODULES)
+    mods = initramfs.modules([b"first", b"second"], paths)
+    names = {n: d for n, _, d, _ in read_newc(mods)}
+    assert names["lib/modules/pyvmm/01-pvpanic.ko"] == b"first"  # loaded first
+    assert names["lib/modules/pyvmm/02-pvpanic-mmio.ko"] == b"second"
+    (tmp_path / "busybox-1-abc").mkdir()
+    base = tmp_path / "busybox-1-abc" / "initramfs.cpio"
+    base.write_bytes(cpio.archive([cpio.file("init", b"#!/bin/sh\n")]))
+    (tmp_path / "stock").mkdir()
+    modules = tmp_path / "stock" / default.MODULES
+    modules.write_bytes(mods)
+    both = default._with_modules(base, modules)
+    assert both.parent == modules.parent
+    assert both.read_bytes() == base.read_bytes() + mods  # two archives, one after the other
+    both.write_bytes(both.read_bytes()[:100])  # a truncated one is made again
+    assert default._with_modules(base, modules).read_bytes() == base.read_bytes() + mods
+    assert default._with_modules(base, None) == base  # the small kernel needs none

@@ -34,6 +34,7 @@ from pyvmm.images.cache import (
     progress,
     staging_dir,
     visible,
+    write_atomic,
 )
 from pyvmm.images.debian import ImageError
 from pyvmm.images.vmlinux import extract_vmlinux
@@ -56,11 +57,21 @@ KERNEL_BUILD_TOOLS = {"make": "make", "gcc": "gcc", "flex": "flex", "bison": "bi
 KERNEL_BUILD_HEADERS = {"/usr/include/libelf.h": "libelf-dev"}
 
 
+#: Modules of the stock kernel that the default guest loads, in load order
+#: (paths under lib/modules/RELEASE/kernel/): pvpanic's ACPI device driver,
+#: without which a panicking guest hangs instead of telling pyvmm.
+STOCK_MODULES = ("drivers/misc/pvpanic/pvpanic.ko", "drivers/misc/pvpanic/pvpanic-mmio.ko")
+#: The stock kernel's modules, as a newc cpio for the initramfs.
+MODULES = "modules.cpio"
+
+
 @dataclass(frozen=True)
 class Kernel:
     name: str  # e.g. "6.12.117+deb12-cloud-amd64"
     bzimage: Path
     vmlinux: Path
+    #: A cpio of the modules the initramfs must add (/lib/modules/pyvmm).
+    modules: Path | None = None
 
 
 def _source_file(name: str) -> Path:
@@ -110,23 +121,28 @@ def cache_errors(build: Callable[..., T]) -> Callable[..., T]:
 def stock_kernel(refresh: bool = False) -> Kernel:
     """Debian's newest cloud kernel: its bzImage and the vmlinux inside it."""
     if not refresh:
-        cached = _newest_cached(list((cache_dir() / "stock").glob("*")))
+        folders = [f for f in (cache_dir() / "stock").glob("*") if (f / MODULES).exists()]
+        cached = _newest_cached(folders)
         if cached is not None:
-            return Kernel(cached.name, cached / "bzImage", cached / "vmlinux")
+            return _stock(cached.name, cached)
     package, version = debian.newest(STOCK_PACKAGES)
     release = package.removeprefix("linux-image-").removesuffix("-unsigned")
     final = cache_dir() / "stock" / release
-    kernel = Kernel(release, final / "bzImage", final / "vmlinux")
     with locked(final.parent / f".{final.name}.lock"):
-        if matches_manifest(final, deep=refresh):
-            return kernel
+        if matches_manifest(final, deep=refresh) and (final / MODULES).exists():
+            return _stock(release, final)
         _build_stock(package, version, release, final)
-    return kernel
+    return _stock(release, final)
+
+
+def _stock(release: str, folder: Path) -> Kernel:
+    return Kernel(release, folder / "bzImage", folder / "vmlinux", folder / MODULES)
 
 
 def _build_stock(package: str, version: str, release: str, final: Path) -> None:
     deb = debian.download(package, version, _debs())
-    files = debian.extract(deb, [f"boot/vmlinuz-{release}", f"boot/config-{release}"])
+    modules = [f"lib/modules/{release}/kernel/{m}" for m in STOCK_MODULES]
+    files = debian.extract(deb, [f"boot/vmlinuz-{release}", f"boot/config-{release}", *modules])
     bzimage = files[f"boot/vmlinuz-{release}"]
     progress(
         f"extracting vmlinux from {release}'s bzImage ({compression(payload(bzimage))} payload)"
@@ -135,6 +151,7 @@ def _build_stock(package: str, version: str, release: str, final: Path) -> None:
         (tmp / "bzImage").write_bytes(bzimage)
         (tmp / "config").write_bytes(files[f"boot/config-{release}"])
         (tmp / "vmlinux").write_bytes(extract_vmlinux(bzimage))
+        (tmp / MODULES).write_bytes(initramfs.modules([files[m] for m in modules], modules))
 
 
 # -- small kernel ------------------------------------------------------------
@@ -289,7 +306,21 @@ def default_guest(kind: str = "auto", pvm_host: bool = False) -> Guest:
     what = "small kernel" if kind == "small" else "Debian stock kernel"
     return Guest(
         kernel=kernel.vmlinux,
-        initrd=initramfs_image(),
+        initrd=_with_modules(initramfs_image(), kernel.modules),
         cmdline=DEFAULT_CMDLINE,
         description=f"Linux {kernel.name} ({what}) with the busybox initramfs",
     )
+
+
+@cache_errors
+def _with_modules(initrd: Path, modules: Path | None) -> Path:
+    """``initrd`` followed by the kernel's modules cpio, kept beside the
+    modules. Linux unpacks concatenated cpio archives one after the other
+    (Documentation/driver-api/early-userspace/buffer-format.rst)."""
+    if modules is None:
+        return initrd
+    both = modules.parent / f"initramfs-{initrd.parent.name}.cpio"
+    size = initrd.stat().st_size + modules.stat().st_size
+    if not both.exists() or both.stat().st_size != size:
+        write_atomic(both, initrd.read_bytes() + modules.read_bytes())
+    return both

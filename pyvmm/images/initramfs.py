@@ -47,3 +47,16 @@ def build(busybox: Path, init_script: bytes, extra: Sequence[cpio.Entry] = ()) -
     than no gzip at all (the CRC-32). Only the host's page cache sees the
     size (about 2 MB)."""
     return cpio.archive(entries(busybox, init_script, extra))
+
+
+#: Where /init looks for modules to load, in the order of their names.
+MODULES_DIR = "lib/modules/pyvmm"
+
+
+def modules(images: Sequence[bytes], paths: Sequence[str]) -> bytes:
+    """A cpio of kernel modules for /init to load: each under MODULES_DIR,
+    named with its place in ``paths`` first (01-pvpanic.ko, ...)."""
+    items = [cpio.directory(d) for d in ("lib", "lib/modules", MODULES_DIR)]
+    for i, (image, path) in enumerate(zip(images, paths, strict=True), 1):
+        items.append(cpio.file(f"{MODULES_DIR}/{i:02}-{path.rsplit('/', 1)[-1]}", image))
+    return cpio.archive(items)
