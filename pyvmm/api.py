@@ -21,6 +21,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,7 @@ from pyvmm import launch, shell
 from pyvmm.api_console import DEFAULT_TIMEOUT, ConsoleWaits, GuestExited, GuestTimeout
 from pyvmm.console.session import ConsoleSession
 from pyvmm.console.text import ConsoleText
+from pyvmm.devices.virtio.blk import DiskConfig
 from pyvmm.errors import UserError
 from pyvmm.shell import RunResult
 from pyvmm.vmm import builder
@@ -53,7 +55,9 @@ class Machine(ConsoleWaits):
     instead of booting; ``memory``, ``cpus`` and ``kernel``, if given, must
     be what the snapshot has. ``incoming``: ``unix:PATH`` or
     ``tcp:HOST:PORT`` where :meth:`start` waits for a guest another pyvmm
-    sends with :meth:`migrate`."""
+    sends with :meth:`migrate`. ``disks``: files (or
+    :class:`~pyvmm.devices.virtio.blk.DiskConfig` for read-only ones or a
+    serial) the guest sees as vda, vdb, ...; ``rng``: a virtio-rng device."""
 
     def __init__(
         self,
@@ -72,6 +76,8 @@ class Machine(ConsoleWaits):
         ready: str = READY,
         restore: str | os.PathLike[str] | None = None,
         incoming: str | None = None,
+        disks: Sequence[str | os.PathLike[str] | DiskConfig] = (),
+        rng: bool = False,
     ) -> None:
         self._restore = Path(restore) if restore is not None else None
         self._incoming = incoming
@@ -90,6 +96,13 @@ class Machine(ConsoleWaits):
             config = launch.make_config(kernel, initrd, cmdline, memory or "512M", cpus or 1, guest)
         config.trace = config.trace or parse_trace(trace)
         config.stats = config.stats or stats
+        if disks or rng:
+            if incoming is not None or self._restore is not None:
+                raise UserError("disks and rng: a restored or incoming guest keeps its own devices")
+            config.disks = tuple(
+                d if isinstance(d, DiskConfig) else DiskConfig(os.fspath(d)) for d in disks
+            )
+            config.rng = rng
         if extra_files:
             from pyvmm.images import extra
 

@@ -68,6 +68,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--console-log", metavar="PATH", help="also copy all guest output to PATH")
     run.add_argument(
+        "--disk",
+        action="append",
+        default=[],
+        metavar="PATH[,readonly][,serial=S]",
+        help="a file (or block device) as a virtio-blk disk: vda, vdb, ... (repeatable)",
+    )
+    run.add_argument(
+        "--rng", action="store_true", help="a virtio-rng device: entropy from the host (/dev/hwrng)"
+    )
+    run.add_argument(
         "--reboot",
         default="exit",
         choices=("exit", "restart"),
@@ -77,9 +87,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--trace",
         default="",
-        metavar="boot,exits,migration",
+        metavar="boot,exits,migration,virtio",
         help="print each boot step with its numbers (boot), each VM exit (exits, "
-        "rate-limited), or each migration round (migration), on standard error",
+        "rate-limited), each migration round (migration), or each virtio request "
+        "(virtio, rate-limited), on standard error",
     )
     run.add_argument(
         "--stats",
@@ -185,6 +196,7 @@ def _control_path(text: str | None) -> Path | None:
 def _run(args: argparse.Namespace) -> int:
     from pyvmm import launch
     from pyvmm.console import backends
+    from pyvmm.devices.virtio.blk import DiskConfig
     from pyvmm.run import Restore, run_machine
     from pyvmm.vmm.config import MachineConfig, parse_trace
     from pyvmm.vmm.ending import Ending
@@ -226,6 +238,11 @@ def _run(args: argparse.Namespace) -> int:
             args.guest, announce=True,
         )  # fmt: skip
     config.debug, config.trace, config.stats = args.debug, trace, args.stats
+    if args.disk or args.rng:
+        if restore is not None or incoming is not None:
+            raise UserError("--disk and --rng: a restored or incoming guest keeps its own devices")
+        config.disks = tuple(DiskConfig.parse(d) for d in args.disk)
+        config.rng = args.rng
     spec = backends.parse(args.console)
     log = Path(args.console_log) if args.console_log else None
     outcome = run_machine(

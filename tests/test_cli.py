@@ -248,3 +248,30 @@ def test_a_pyvmm_failure_is_one_line_with_status_1(
 def test_help_runs() -> None:
     r = pyvmm("run", "--help")
     assert r.returncode == 0 and "--kernel" in r.stdout
+
+
+@pytest.mark.usefixtures("kvm")
+@pytest.mark.parametrize(
+    ("disk", "words"),
+    [
+        ("missing.img", "--disk {d}/missing.img: No such file"),
+        ("odd.img", "is not a multiple of 512"),
+        ("", "Is a directory"),  # the directory itself
+        (",readonly", "not a regular file or block device"),
+        ("good.img,fast", "unknown option 'fast'"),
+    ],
+)
+def test_bad_disks_are_one_line_and_leave_the_files_alone(
+    guests: Guests, tmp_path: Path, disk: str, words: str
+) -> None:
+    (tmp_path / "odd.img").write_bytes(b"x" * 1000)
+    (tmp_path / "good.img").write_bytes(bytes(4096))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    r = pyvmm("run", "--kernel", guests.elf, "--memory", "64M", "--disk", f"{tmp_path}/{disk}")
+    one_line_error(r, words.format(d=tmp_path))
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_restore_keeps_its_own_devices(tmp_path: Path) -> None:
+    r = pyvmm("run", "--restore", tmp_path, "--rng")
+    one_line_error(r, "a restored or incoming guest keeps its own devices")

@@ -124,10 +124,11 @@ def test_unknown_or_missing_payload() -> None:
 
 def test_the_stock_kernels_modules_follow_the_initramfs(tmp_path: Path) -> None:
     paths = list(default.STOCK_MODULES)
-    mods = initramfs.modules([b"first", b"second"], paths)
+    mods = initramfs.modules([p.encode() for p in paths], paths)
     names = {n: d for n, _, d, _ in read_newc(mods)}
-    assert names["lib/modules/pyvmm/01-pvpanic.ko"] == b"first"  # loaded first
-    assert names["lib/modules/pyvmm/02-pvpanic-mmio.ko"] == b"second"
+    assert names["lib/modules/pyvmm/01-pvpanic.ko"] == paths[0].encode()  # loaded first
+    assert names["lib/modules/pyvmm/02-pvpanic-mmio.ko"] == paths[1].encode()
+    assert len([n for n in names if n.endswith(".ko")]) == len(paths)
     (tmp_path / "busybox-1-abc").mkdir()
     base = tmp_path / "busybox-1-abc" / "initramfs.cpio"
     base.write_bytes(cpio.archive([cpio.file("init", b"#!/bin/sh\n")]))

@@ -67,7 +67,7 @@ def test_mmio_exit_description() -> None:
 def test_unknown_trace_kind_is_bad_input(guests: Guests) -> None:
     r = pyvmm("run", "--kernel", guests.elf, "--trace", "boot,everything")
     assert r.returncode == 2 and r.stderr == (
-        "pyvmm: unknown --trace 'everything': choose from boot, exits, migration\n"
+        "pyvmm: unknown --trace 'everything': choose from boot, exits, migration, virtio\n"
     )
 
 

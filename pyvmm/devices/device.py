@@ -102,6 +102,10 @@ class DeviceModel:
         """FADT fields this device provides (the PM1 blocks)."""
         return {}
 
+    def stats(self) -> str:
+        """A line of what the device did, for ``--stats`` (none by default)."""
+        return ""
+
     def state(self) -> State:
         """The device's state, for a snapshot. Called with the vCPUs paused."""
         return {}

@@ -57,12 +57,19 @@ KERNEL_BUILD_TOOLS = {"make": "make", "gcc": "gcc", "flex": "flex", "bison": "bi
 KERNEL_BUILD_HEADERS = {"/usr/include/libelf.h": "libelf-dev"}
 
 
-#: Modules of the stock kernel that the default guest loads, in load order
-#: (paths under lib/modules/RELEASE/kernel/): pvpanic's ACPI device driver,
-#: without which a panicking guest hangs instead of telling pyvmm.
-STOCK_MODULES = ("drivers/misc/pvpanic/pvpanic.ko", "drivers/misc/pvpanic/pvpanic-mmio.ko")
-#: The stock kernel's modules, as a newc cpio for the initramfs.
-MODULES = "modules.cpio"
+#: Modules of the stock kernel that the default guest loads, dependencies
+#: first (paths under lib/modules/RELEASE/kernel/): pvpanic's ACPI device
+#: driver, without which a panicking guest hangs instead of telling pyvmm,
+#: and virtio-mmio with the block and entropy devices.
+STOCK_MODULES = (
+    "drivers/misc/pvpanic/pvpanic.ko",
+    "drivers/misc/pvpanic/pvpanic-mmio.ko",
+    "drivers/virtio/virtio.ko",
+    "drivers/virtio/virtio_ring.ko",
+    "drivers/virtio/virtio_mmio.ko",
+    "drivers/block/virtio_blk.ko",
+    "drivers/char/hw_random/virtio-rng.ko",
+)
 
 
 @dataclass(frozen=True)
@@ -87,6 +94,11 @@ def _key(*parts: bytes | str) -> str:
         h.update(part.encode() if isinstance(part, str) else part)
         h.update(b"\0")
     return h.hexdigest()[:12]
+
+
+#: The stock kernel's modules as a newc cpio for the initramfs; named after
+#: the list, so a new list makes the stock image again.
+MODULES = f"modules-{_key(*STOCK_MODULES)}.cpio"
 
 
 def _debs() -> Path:

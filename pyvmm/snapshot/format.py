@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pyvmm.arch.x86_64.state import IRQCHIPS, VCPU_STRUCTS, VcpuState, VmState
+from pyvmm.devices.virtio.blk import DiskConfig
 from pyvmm.errors import UserError
 from pyvmm.kvm import CpuidEntry
 
@@ -30,6 +31,8 @@ U32 = (1 << 32) - 1
 #: Most vCPUs and devices a state file may describe.
 MAX_VCPUS = 255
 MAX_DEVICES = 4096
+#: Most disks a state file may list.
+MAX_DISKS = 256
 
 
 class SnapshotError(UserError):
@@ -45,6 +48,22 @@ class SavedConfig:
     cmdline: str
     memory: int
     cpus: int
+    #: Its virtio devices: the disks (their files are not part of the
+    #: snapshot: a clone opens the same ones) and whether it has an rng.
+    disks: tuple[DiskConfig, ...] = ()
+    rng: bool = False
+
+    def as_json(self) -> dict[str, Any]:
+        return {**vars(self), "disks": [vars(d) for d in self.disks]}
+
+
+def disks_of(items: list[Any], where: str) -> tuple[DiskConfig, ...]:
+    """Disks saved by :meth:`SavedConfig.as_json` (a state file, a migration's HELLO)."""
+    out = []
+    for item in items:
+        doc = _Doc(item, where)
+        out.append(DiskConfig(doc.text("path"), doc.flag("readonly"), doc.text("serial")))
+    return tuple(out)
 
 
 @dataclass
@@ -82,7 +101,7 @@ def encode(snap: Snapshot) -> bytes:
         "format": FORMAT,
         "version": VERSION,
         "created": snap.created,
-        "config": vars(snap.config),
+        "config": snap.config.as_json(),
         "host": vars(snap.host),
         "vm": {
             "irqchips": {k: _b64(v) for k, v in snap.vm.irqchips.items()},
@@ -240,6 +259,10 @@ def decode(data: bytes) -> Snapshot:
             cmdline=config.text("cmdline"),
             memory=config.num("memory", 1, 1 << 48),
             cpus=config.num("cpus", 1, MAX_VCPUS),
+            disks=disks_of(config.seq("disks", MAX_DISKS), "state.config.disks")
+            if "disks" in config.value
+            else (),
+            rng="rng" in config.value and config.flag("rng"),
         ),
         host=HostInfo(
             vendor=host.text("vendor"),

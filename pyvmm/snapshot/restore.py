@@ -37,6 +37,8 @@ def config_of(saved: SavedConfig) -> MachineConfig:
         cmdline=c.cmdline,
         memory=c.memory,
         cpus=c.cpus,
+        disks=c.disks,
+        rng=c.rng,
         quirks=HostQuirks.detect(),
     )
 

@@ -81,6 +81,8 @@ def capture(vmm: Vmm, extra: dict[str, Any] | None = None) -> Snapshot:
             cmdline=c.cmdline,
             memory=c.memory,
             cpus=c.cpus,
+            disks=c.disks,
+            rng=c.rng,
         ),
         host=HostInfo(
             vendor=vendor(vcpus[0].cpuid),

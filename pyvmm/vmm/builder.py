@@ -29,7 +29,12 @@ from pyvmm.memory import GuestMemory
 from pyvmm.vmm import boot_trace, fresh_boot
 from pyvmm.vmm.coalesced import CoalescedRing
 from pyvmm.vmm.config import MachineConfig
-from pyvmm.vmm.device_manager import DeviceManager, PcEvents, add_pc_devices
+from pyvmm.vmm.device_manager import (
+    DeviceManager,
+    PcEvents,
+    add_pc_devices,
+    add_virtio_devices,
+)
 from pyvmm.vmm.ending import Ending, Outcome
 from pyvmm.vmm.exits import ExitHandler
 from pyvmm.vmm.lifecycle import Console, Vmm
@@ -140,6 +145,8 @@ def assemble(
         panic=lambda: vmm.stop(Outcome(Ending.PANIC, "guest kernel panicked")),
     )
     vmm.com1 = add_pc_devices(vmm.devices, vmm.console.write, vmm.console.room, events)
+    virtio_trace = vmm.trace_out if "virtio" in config.trace else None
+    add_virtio_devices(vmm.devices, memory, config.disks, config.rng, virtio_trace)
     coalesced = vmm.devices.coalesced if kvm.check_extension(lib.KVM_CAP_COALESCED_PIO) else []
     for addr, size, pio in coalesced:
         vm.register_coalesced(addr, size, pio)

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 
 from pyvmm.arch.x86_64 import pvm
+from pyvmm.devices.virtio.blk import DiskConfig
 from pyvmm.errors import UserError
 
 MiB = 1 << 20
@@ -23,7 +24,7 @@ MIN_MEMORY = 2 * MiB
 MAX_CPUS = 255
 
 #: What --trace can show.
-TRACE_KINDS = ("boot", "exits", "migration")
+TRACE_KINDS = ("boot", "exits", "migration", "virtio")
 
 _UNITS = {"": 1 << 20, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 # ASCII digits only (str.isdigit and \d also take other scripts' digits); a
@@ -82,10 +83,14 @@ class MachineConfig:
     cpus: int = 1
     #: Add register dumps to failure reports.
     debug: bool = False
-    #: What to trace on standard error: "boot", "exits", "migration".
+    #: What to trace on standard error: "boot", "exits", "migration", "virtio".
     trace: tuple[str, ...] = ()
     #: Count exits by reason and place (``--stats``).
     stats: bool = False
+    #: virtio-blk disks (``--disk``), in the order the guest sees them (vda, vdb, ...).
+    disks: tuple[DiskConfig, ...] = ()
+    #: A virtio-rng device (``--rng``).
+    rng: bool = False
     quirks: HostQuirks = field(default_factory=HostQuirks.detect)
 
     def check(self) -> None:

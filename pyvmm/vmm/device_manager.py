@@ -14,6 +14,7 @@ AML (:meth:`DeviceManager.aml`), the FADT from what they provide
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -21,8 +22,12 @@ from pyvmm.arch.x86_64 import layout
 from pyvmm.devices import acpi_pm, cmos, i8042, pvpanic, serial
 from pyvmm.devices.bus import Bus
 from pyvmm.devices.device import Allocation, DeviceModel, State
+from pyvmm.devices.virtio import blk, rng
+from pyvmm.devices.virtio.backend import VirtioBackend
+from pyvmm.devices.virtio.mmio import VirtioMmio
+from pyvmm.devices.virtio.trace import Tracer
 from pyvmm.errors import UserError
-from pyvmm.memory import Range
+from pyvmm.memory import GuestMemory, Range
 
 #: Drives a GSI of the in-kernel interrupt controllers (KVM_IRQ_LINE).
 SetIrqLine = Callable[[int, bool], None]
@@ -110,6 +115,10 @@ class DeviceManager:
         words = [w for p in self._placed if (w := p.device.cmdline())]
         return " ".join([cmdline, *words]).strip()
 
+    def stats(self) -> str:
+        """``--stats`` lines of the devices that have something to say."""
+        return "".join(f"  {p.key}: {line}\n" for p in self._placed if (line := p.device.stats()))
+
     def state(self) -> dict[str, State]:
         """Every device's state by its key ("COM1", "virtio-blk#1")."""
         return {p.key: p.device.state() for p in self._placed}
@@ -158,3 +167,31 @@ def add_pc_devices(
     ):
         manager.add(device)
     return com1
+
+
+def add_virtio_devices(
+    manager: DeviceManager,
+    memory: GuestMemory,
+    disks: tuple[blk.DiskConfig, ...],
+    with_rng: bool,
+    trace: Callable[[str], None] | None = None,
+) -> None:
+    """A virtio-mmio device per disk (the guest's vda, vdb, ... in this
+    order), then the entropy device; ``trace`` gets a line per request
+    (``--trace virtio``). A disk that cannot be opened is a UserError;
+    those opened before it are closed again."""
+    added: list[VirtioMmio] = []
+    backends: list[Callable[[], VirtioBackend]] = [functools.partial(blk.Block, d) for d in disks]
+    if with_rng:
+        backends.append(rng.Rng)
+    try:
+        for make in backends:
+            added.append(VirtioMmio(make(), memory))
+            placed = manager.add(added[-1])
+            if trace is not None:
+                added[-1].trace = Tracer(placed.key, trace)
+    except BaseException:
+        for device in added:
+            if device not in (p.device for p in manager):
+                device.close()
+        raise

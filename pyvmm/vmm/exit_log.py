@@ -18,6 +18,7 @@ from pyvmm.devices.bus import Bus
 from pyvmm.kvm import lib
 
 _EXIT_IO = lib.KVM_EXIT_IO
+_EXIT_MMIO = lib.KVM_EXIT_MMIO
 
 #: KVM_EXIT_* values by name, for the ones pyvmm can meet.
 EXIT_NAMES = {
@@ -64,8 +65,9 @@ class ExitLog:
 
     log: Callable[[str], None] | None = None
     count: bool = False
-    #: The port bus, to name the device behind each port exit.
+    #: The buses, to name the device behind each port or MMIO exit.
     pio: Bus | None = None
+    mmio: Bus | None = None
     burst: int = 500
     per_second: int = 50
     _counts: dict[tuple[str, str], _Count] = field(default_factory=dict)
@@ -84,6 +86,8 @@ class ExitLog:
         name, where, data = describe_exit(reason, run, page)
         if reason == _EXIT_IO and self.pio is not None:
             where = f"{where} ({self.pio.owner(run.io.port, run.io.size)})"
+        elif reason == _EXIT_MMIO and self.mmio is not None and not note:
+            where = f"{where} ({self.mmio.owner(run.mmio.phys_addr, run.mmio.len)})"
         elif note:
             where = note
         with self._lock:

@@ -119,7 +119,7 @@ class Vmm:
         if kick < 0:
             raise OSError(-kick, "cannot install the vCPU kick signal handler")
         if self.exit_log is not None:
-            self.exit_log.pio = self.pio
+            self.exit_log.pio, self.exit_log.mmio = self.pio, self.mmio
         self._runners = [
             VcpuRunner(vcpu, self.handler, self.stop, kick, self.exit_log) for vcpu in self.vcpus
         ]
@@ -197,6 +197,8 @@ class Vmm:
         table = self.exit_log.table()
         if self.ring is not None:
             table += f"{self.ring.applied:9} writes KVM batched in the coalesced ring (no exit)\n"
+        if self.devices is not None and (devices := self.devices.stats()):
+            table += "devices:\n" + devices
         return table
 
     def _drain(self) -> None:
