@@ -303,6 +303,24 @@ def test_disk_options_and_bad_files(tmp_path: Path) -> None:
             blk.open_disk(blk.DiskConfig(path))
 
 
+def test_a_writable_disk_is_one_guests_alone(tmp_path: Path) -> None:
+    config = disk(tmp_path)
+    first = blk.Block(config)
+    try:
+        with pytest.raises(UserError, match="in use by another guest"):
+            blk.Block(config)
+        with pytest.raises(UserError, match="in use by another guest"):
+            blk.Block(blk.DiskConfig(config.path, readonly=True))
+    finally:
+        first.close()
+    readers = [blk.Block(blk.DiskConfig(config.path, readonly=True)) for _ in range(2)]
+    with pytest.raises(UserError, match="locked"):
+        blk.Block(config)
+    for r in readers:
+        r.close()
+    blk.Block(config).close()  # free again once they are gone
+
+
 # -- saved state -------------------------------------------------------------------
 
 

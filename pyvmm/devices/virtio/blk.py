@@ -14,6 +14,7 @@ status byte breaks the queue's rules, and the device asks for a reset.
 
 from __future__ import annotations
 
+import fcntl  # flock, for the disk image's lock
 import os
 import stat
 import struct
@@ -70,7 +71,9 @@ class DiskConfig:
 
 
 def open_disk(disk: DiskConfig) -> tuple[int, int]:
-    """The disk's descriptor and size; UserError (one line) when it cannot be one."""
+    """The disk's descriptor and size; UserError (one line) when it cannot be
+    one. The file is locked as QEMU does it: a writer alone, readers
+    together (flock, held until the descriptor is closed)."""
     flags = (os.O_RDONLY if disk.readonly else os.O_RDWR) | os.O_CLOEXEC
     try:
         fd = os.open(disk.path, flags)
@@ -80,6 +83,13 @@ def open_disk(disk: DiskConfig) -> tuple[int, int]:
         mode = os.fstat(fd).st_mode
         if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
             raise UserError(f"--disk {disk.path}: not a regular file or block device")
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if disk.readonly else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(
+                f"--disk {disk.path}: in use by another guest or program "
+                "(locked; several may share it only if all open it readonly)"
+            ) from None
         size = os.lseek(fd, 0, os.SEEK_END)
         if size % SECTOR:
             raise UserError(
