@@ -17,6 +17,8 @@ ffibuilder.cdef((HERE / "kvm_helpers.h").read_text())
 ffibuilder.set_source(
     "pyvmm.kvm._kvm",
     """
+    #define _GNU_SOURCE  /* fallocate and its FALLOC_FL_* flags */
+    #include <fcntl.h>
     #include <linux/kvm.h>
     #include <sys/mman.h>
     #include "kvm_helpers.h"

@@ -1,8 +1,8 @@
 """Virtio under Linux (KVM): the default guest booted with
 ``pyvmm run --disk ... --disk ...,readonly --rng`` finds vda, vdb and
 /dev/hwrng; it mounts an ext4 file system the host made, reads the host's
-file and writes its own, which the host then reads with debugfs and checks
-with e2fsck; the read-only disk refuses a write and reads back whole; the
+file and writes its own, trims it (DISCARD), and the host then reads the
+guest's file with debugfs and checks the file system with e2fsck; the read-only disk refuses a write and reads back whole; the
 entropy device gives bytes."""
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ cat /sys/block/vda/size /sys/block/vdb/ro /sys/block/vda/serial; echo
 mkdir -p /mnt && mount -t ext4 /dev/vda /mnt && cat /mnt/hello.txt
 echo from-the-guest > /mnt/guest.txt
 dd if=/dev/zero of=/mnt/zeros bs=64k count=32 2>/dev/null
-sync && umount /mnt && echo unmounted
+rm /mnt/zeros && sync && fstrim /mnt && echo trimmed
+umount /mnt && echo unmounted
 echo "vdb $(md5sum < /dev/vdb)"
 dd if=/dev/zero of=/dev/vdb bs=512 count=1 2>/dev/null; echo "ro write status $?"
 echo "hwrng $(head -c 4096 /dev/hwrng | wc -c) $(cat /sys/class/misc/hw_random/rng_current)"
@@ -54,7 +55,7 @@ def test_disks_and_entropy(tmp_path: Path) -> None:
     out = r.stdout
     assert r.returncode == 0, r.stderr + out[-3000:]
     assert re.search(r"^32768\n1\npyvmm-data\n", out, re.M), out[-3000:]  # 16 MiB in sectors
-    assert "from the host\n" in out and "unmounted\n" in out
+    assert "from the host\n" in out and "trimmed\n" in out and "unmounted\n" in out
     assert f"vdb {hashlib.md5(ro.read_bytes()).hexdigest()}" in out
     assert re.search(r"^ro write status [1-9]", out, re.M), out[-3000:]
     assert re.search(r"^hwrng 4096 virtio_rng\.\d+$", out, re.M), out[-3000:]

@@ -4,6 +4,7 @@ guest RAM, and a driver that breaks the rules."""
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 
@@ -226,6 +227,15 @@ def test_blk_config_and_features(tmp_path: Path) -> None:
     assert (capacity, seg_max, blk_size) == (128, blk.SEG_MAX, 512)
     d.set(Reg.DEVICE_FEATURES_SEL, 0)
     assert d.reg(Reg.DEVICE_FEATURES) & (blk.F_RO | blk.F_FLUSH | blk.F_BLK_SIZE)
+    assert not d.reg(Reg.DEVICE_FEATURES) & blk.F_DISCARD  # nothing to punch read-only
+    d.device.close()
+    w = blk_driver(blk.DiskConfig(str(tmp_path / "disk.img")))
+    both = blk.F_DISCARD | blk.F_WRITE_ZEROES
+    assert w.reg(Reg.DEVICE_FEATURES) & both == both
+    config = w.device.read(0x100, 60)
+    assert len(config) == 60  # struct virtio_blk_config
+    max_discard, max_seg, align = struct.unpack_from("<III", config, 36)
+    assert (max_discard, max_seg, align) == (blk.RANGE_SECTORS_MAX, blk.RANGES_MAX, 1)
 
 
 def test_blk_reads_writes_flushes_and_names_itself(tmp_path: Path) -> None:
@@ -301,6 +311,48 @@ def test_disk_options_and_bad_files(tmp_path: Path) -> None:
     ]:
         with pytest.raises(UserError, match=words):
             blk.open_disk(blk.DiskConfig(path))
+
+
+@pytest.mark.parametrize(("kind", "flags"), [(blk.T_DISCARD, 0), (blk.T_WRITE_ZEROES, 0),
+                                              (blk.T_WRITE_ZEROES, blk.RANGE_F_UNMAP)])  # fmt: skip
+def test_discard_and_write_zeroes_leave_zeros_and_holes(
+    tmp_path: Path, kind: int, flags: int
+) -> None:
+    config = disk(tmp_path, 1 << 20)
+    d = blk_driver(config)
+    d.start()
+    ranges = struct.pack("<QII", 8, 512, flags) + struct.pack("<QII", 1024, 8, flags)
+    d.chain(0, [request(kind), ranges], [1])
+    assert status(d) == blk.S_OK
+    data = Path(config.path).read_bytes()
+    assert data[4096 : 4096 + 256 * 1024] == bytes(256 * 1024)
+    assert data[1024 * 512 : 1032 * 512] == bytes(4096)
+    assert data[:4096] == (bytes(range(256)) * 16)  # around them: as it was
+    assert data[4096 + 256 * 1024 : 4096 + 256 * 1024 + 256] == bytes(range(256))
+    if kind == blk.T_DISCARD or flags:
+        assert os.stat(config.path).st_blocks * 512 <= (1 << 20) - 256 * 1024  # a hole
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        (struct.pack("<QII", 2040, 16, 0), blk.S_IOERR),  # past the end
+        (struct.pack("<QII", 0, 8, 1), blk.S_UNSUPP),  # discard with unmap
+        (struct.pack("<QII", 0, 8, 2), blk.S_UNSUPP),  # an unknown flag
+        (b"short", blk.S_UNSUPP),
+        (b"", blk.S_UNSUPP),
+    ],
+)
+def test_bad_discards_fail_and_change_nothing(
+    tmp_path: Path, payload: bytes, expected: int
+) -> None:
+    config = disk(tmp_path, 1 << 20)
+    before = Path(config.path).read_bytes()
+    d = blk_driver(config)
+    d.start()
+    d.chain(0, [request(blk.T_DISCARD), payload] if payload else [request(blk.T_DISCARD)], [1])
+    assert status(d) == expected
+    assert Path(config.path).read_bytes() == before
 
 
 def test_a_writable_disk_is_one_guests_alone(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ status byte breaks the queue's rules, and the device asks for a reset.
 
 from __future__ import annotations
 
+import errno
 import fcntl  # flock, for the disk image's lock
 import os
 import stat
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pyvmm.devices.virtio.backend import ID_BLOCK, VirtioBackend
 from pyvmm.devices.virtio.queue import Chain, QueueError, SplitQueue
 from pyvmm.errors import UserError
+from pyvmm.kvm import ffi, lib
 
 SECTOR = 512  # 5.2.4: capacity and sector numbers count 512-byte sectors
 # Feature bits (5.2.3).
@@ -30,17 +32,30 @@ F_SEG_MAX = 1 << 2
 F_RO = 1 << 5
 F_BLK_SIZE = 1 << 6
 F_FLUSH = 1 << 9
+F_DISCARD = 1 << 13
+F_WRITE_ZEROES = 1 << 14
 # Request types and statuses (5.2.6).
-T_IN, T_OUT, T_FLUSH, T_GET_ID = 0, 1, 4, 8
+T_IN, T_OUT, T_FLUSH, T_GET_ID, T_DISCARD, T_WRITE_ZEROES = 0, 1, 4, 8, 11, 13
 S_OK, S_IOERR, S_UNSUPP = 0, 1, 2
 ID_BYTES = 20  # VIRTIO_BLK_ID_BYTES
 QUEUE_SIZE = 256
 #: Data buffers one request may have: the queue less the header and status.
 SEG_MAX = QUEUE_SIZE - 2
 _HEADER = struct.Struct("<IIQ")
-# struct virtio_blk_config up to blk_size (5.2.4): capacity, size_max,
-# seg_max, geometry (cylinders, heads, sectors), blk_size.
-_CONFIG = struct.Struct("<QIIHBBI")
+#: Ranges one DISCARD or WRITE_ZEROES request may carry.
+RANGES_MAX = 32
+#: Sectors one range may cover (1 GiB): a bound on one fallocate call.
+RANGE_SECTORS_MAX = (1 << 30) // SECTOR
+# struct virtio_blk_config (5.2.4): capacity, size_max, seg_max, geometry
+# (cylinders, heads, sectors), blk_size, topology (physical_block_exp,
+# alignment_offset, min_io_size, opt_io_size), writeback, unused0,
+# num_queues, max_discard_sectors, max_discard_seg,
+# discard_sector_alignment, max_write_zeroes_sectors, max_write_zeroes_seg,
+# write_zeroes_may_unmap, unused1[3].
+_CONFIG = struct.Struct("<QIIHBBIBBHIBBHIIIIIB3x")
+# struct virtio_blk_discard_write_zeroes: sector, num_sectors, flags.
+_RANGE = struct.Struct("<QII")
+RANGE_F_UNMAP = 1
 
 
 @dataclass(frozen=True)
@@ -111,14 +126,24 @@ class Block(VirtioBackend):
     def __init__(self, disk: DiskConfig) -> None:
         self.disk = disk
         self.fd, self.size = open_disk(disk)
+        self.regular = stat.S_ISREG(os.fstat(self.fd).st_mode)
         #: For --stats.
         self.requests = self.errors = self.bytes_read = self.bytes_written = 0
 
     def features(self) -> int:
-        return F_SEG_MAX | F_BLK_SIZE | F_FLUSH | (F_RO if self.disk.readonly else 0)
+        if self.disk.readonly:
+            return F_SEG_MAX | F_BLK_SIZE | F_FLUSH | F_RO
+        # Holes can be punched in a file, not in a block device.
+        holes = F_DISCARD | F_WRITE_ZEROES if self.regular else 0
+        return F_SEG_MAX | F_BLK_SIZE | F_FLUSH | holes
 
     def config(self) -> bytes:
-        return _CONFIG.pack(self.size // SECTOR, 0, SEG_MAX, 0, 0, 0, SECTOR)
+        ranges = (RANGE_SECTORS_MAX, RANGES_MAX, 1) if self.regular else (0, 0, 0)
+        return _CONFIG.pack(
+            self.size // SECTOR, 0, SEG_MAX, 0, 0, 0, SECTOR,  # capacity .. blk_size
+            0, 0, 0, 0, 0, 0, 1,  # topology, writeback, num_queues
+            *ranges, *ranges[:2], 1,  # discard, then write zeroes (may unmap)
+        )  # fmt: skip
 
     def process(self, queue: SplitQueue) -> None:
         while (chain := queue.pop()) is not None:
@@ -146,6 +171,8 @@ class Block(VirtioBackend):
         if kind == T_GET_ID:
             ident = (self.disk.serial or "pyvmm").encode()[:ID_BYTES].ljust(ID_BYTES, b"\0")
             return S_OK, chain.write(ident[:data])
+        if kind in (T_DISCARD, T_WRITE_ZEROES) and self.regular:
+            return self._holes(chain, kind), 0
         return S_UNSUPP, 0
 
     def _in_disk(self, sector: int, length: int) -> bool:
@@ -173,6 +200,46 @@ class Block(VirtioBackend):
         self.bytes_written += done
         return S_OK if done == length else S_IOERR
 
+    def _holes(self, chain: Chain, kind: int) -> int:
+        """DISCARD and WRITE_ZEROES (5.2.6.2): a hole punched in the file
+        reads as zeros, so both punch one; WRITE_ZEROES without the unmap
+        flag zeroes the range in place (FALLOC_FL_ZERO_RANGE)."""
+        payload = chain.read(_HEADER.size)
+        if self.disk.readonly:
+            return S_IOERR
+        if not payload or len(payload) % _RANGE.size or len(payload) > _RANGE.size * RANGES_MAX:
+            return S_UNSUPP
+        ranges = [_RANGE.unpack_from(payload, i) for i in range(0, len(payload), _RANGE.size)]
+        for sector, count, flags in ranges:
+            unmap = bool(flags & RANGE_F_UNMAP)
+            if flags & ~RANGE_F_UNMAP or (kind == T_DISCARD and unmap):
+                return S_UNSUPP  # 5.2.6.2: a discard with unmap set is unsupported
+            if count > RANGE_SECTORS_MAX or not self._in_disk(sector, count * SECTOR):
+                return S_IOERR
+        for sector, count, flags in ranges:
+            if kind == T_WRITE_ZEROES and not flags & RANGE_F_UNMAP:
+                mode = lib.FALLOC_FL_ZERO_RANGE | lib.FALLOC_FL_KEEP_SIZE
+            else:
+                mode = lib.FALLOC_FL_PUNCH_HOLE | lib.FALLOC_FL_KEEP_SIZE
+            if lib.fallocate(self.fd, mode, sector * SECTOR, count * SECTOR) != 0:
+                zero_range = mode & lib.FALLOC_FL_ZERO_RANGE
+                if not (zero_range and ffi.errno == errno.EOPNOTSUPP):
+                    return S_IOERR
+                if not self._write_zeros(sector * SECTOR, count * SECTOR):
+                    return S_IOERR  # and a file system without ZERO_RANGE: by hand
+            self.bytes_written += count * SECTOR
+        return S_OK
+
+    def _write_zeros(self, offset: int, length: int) -> bool:
+        zeros = bytes(min(length, 1 << 20))
+        try:
+            while length:
+                n = os.pwrite(self.fd, zeros[:length], offset)
+                offset, length = offset + n, length - n
+        except OSError:
+            return False
+        return True
+
     def _flush(self) -> int:
         if self.disk.readonly:
             return S_OK
@@ -194,7 +261,10 @@ class Block(VirtioBackend):
             self.fd = -1
 
 
-_NAMES = {T_IN: "read", T_OUT: "write", T_FLUSH: "flush", T_GET_ID: "get id"}
+_NAMES = {
+    T_IN: "read", T_OUT: "write", T_FLUSH: "flush", T_GET_ID: "get id",
+    T_DISCARD: "discard", T_WRITE_ZEROES: "write zeroes",
+}  # fmt: skip
 _STATUS = {S_OK: "ok", S_IOERR: "I/O error", S_UNSUPP: "unsupported"}
 
 
