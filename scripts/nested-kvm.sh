@@ -132,7 +132,13 @@ boot_l1() {
         </dev/null 2>>"$work/console.log" > >(tee -a "$work/console.log") &
     qemu=$!
 }
-age() { echo $(($(date +%s) - $(cat "$1" 2>/dev/null || echo "$booted"))); }
+# Seconds since L1 wrote the time to $1 (since it booted, before the first
+# write); a file caught half-written counts as just written.
+age() {
+    local then
+    then=$(cat "$1" 2>/dev/null || echo "$booted")
+    case "$then" in '' | *[!0-9]*) echo 0 ;; *) echo $(($(date +%s) - then)) ;; esac
+}
 tail_of_l1() {
     say "L1's last console lines:"
     tail -n 20 "$work/console.log" | sed 's/^/  | /' >&2

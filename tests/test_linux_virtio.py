@@ -2,8 +2,9 @@
 ``pyvmm run --disk ... --disk ...,readonly --rng`` finds vda, vdb and
 /dev/hwrng; it mounts an ext4 file system the host made, reads the host's
 file and writes its own, trims it (DISCARD), and the host then reads the
-guest's file with debugfs and checks the file system with e2fsck; the read-only disk refuses a write and reads back whole; the
-entropy device gives bytes."""
+guest's file with debugfs and checks the file system with e2fsck; the
+read-only disk refuses a write and reads back whole; the entropy device
+gives bytes."""
 
 from __future__ import annotations
 

@@ -122,17 +122,25 @@ class Vm:
     # -- notifications without exits ---------------------------------------
 
     def ioeventfd(
-        self, fd: int, addr: int, size: int, pio: bool = False, deassign: bool = False
+        self,
+        fd: int,
+        addr: int,
+        size: int,
+        pio: bool = False,
+        deassign: bool = False,
+        datamatch: int | None = None,
     ) -> None:
-        """KVM_IOEVENTFD: a guest write of ``size`` bytes at ``addr`` signals
-        eventfd ``fd`` inside KVM instead of exiting to pyvmm."""
+        """KVM_IOEVENTFD: a guest write of ``size`` bytes at ``addr`` (of the
+        value ``datamatch``, if given) signals eventfd ``fd`` inside KVM
+        instead of exiting to pyvmm."""
         flags = (lib.KVM_IOEVENTFD_FLAG_PIO if pio else 0) | (
             lib.KVM_IOEVENTFD_FLAG_DEASSIGN if deassign else 0
         )
-        ev = ffi.new(
-            "struct kvm_ioeventfd *", {"addr": addr, "len": size, "fd": fd, "flags": flags}
-        )
-        ioctl(self.fd, "KVM_IOEVENTFD", ev)
+        init = {"addr": addr, "len": size, "fd": fd, "flags": flags}
+        if datamatch is not None:
+            init["flags"] |= lib.KVM_IOEVENTFD_FLAG_DATAMATCH
+            init["datamatch"] = datamatch
+        ioctl(self.fd, "KVM_IOEVENTFD", ffi.new("struct kvm_ioeventfd *", init))
 
     def irqfd(self, fd: int, gsi: int, resample_fd: int = -1, deassign: bool = False) -> None:
         """KVM_IRQFD: signalling eventfd ``fd`` raises GSI ``gsi`` inside KVM.

@@ -17,11 +17,13 @@ before anything that describes them to the guest is written.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 from pyvmm.arch.x86_64 import cpuid, layout, xsave
 from pyvmm.boot import loader
 from pyvmm.devices.bus import Bus
+from pyvmm.devices.virtio.mmio import Reg, VirtioMmio
 from pyvmm.errors import UserError
 from pyvmm.kvm import CpuidEntry, Kvm, KvmError, lib
 from pyvmm.kvm.system import API_VERSION
@@ -37,6 +39,7 @@ from pyvmm.vmm.device_manager import (
 )
 from pyvmm.vmm.ending import Ending, Outcome
 from pyvmm.vmm.exits import ExitHandler
+from pyvmm.vmm.io_thread import IoThread, irqfd_pulse
 from pyvmm.vmm.lifecycle import Console, Vmm
 
 #: The KVM device node.
@@ -153,11 +156,46 @@ def assemble(
     if coalesced:
         vmm.ring = CoalescedRing(vmm.vcpus[0], vmm.pio, vmm.mmio)
         vmm.handler.use_ring(vmm.ring)
+    wired = wire_eventfds(vmm) if kvm.check_extension(lib.KVM_CAP_IOEVENTFD) else []
     if trace:
         trace.step(
             "place the devices (vmm.device_manager)",
-            boot_trace.device_lines(vmm.devices, "PIC, IOAPIC, LAPIC, PIT", coalesced),
+            boot_trace.device_lines(vmm.devices, "PIC, IOAPIC, LAPIC, PIT", coalesced) + wired,
         )
+
+
+def wire_eventfds(vmm: Vmm) -> list[str]:
+    """Give each virtio device's queue notifications to KVM_IOEVENTFD and
+    its interrupt to KVM_IRQFD, served by the I/O thread; trace lines."""
+    assert vmm.vm is not None and vmm.devices is not None
+    devices = [p for p in vmm.devices if isinstance(p.device, VirtioMmio)]
+    if not devices or not vmm.kvm or not vmm.kvm.check_extension(lib.KVM_CAP_IRQFD):
+        return []
+    vmm.io_thread = io = IoThread(vmm.fail)
+    lines = []
+    for placed in devices:
+        device = placed.device
+        assert isinstance(device, VirtioMmio)
+        mmio, gsi = placed.allocation.mmio, placed.allocation.irq
+        assert mmio is not None and gsi is not None
+        for offset, size, index in device.notify_points():
+            fd = io.eventfd()
+            vmm.vm.ioeventfd(fd, mmio.start + offset, size, datamatch=index)
+            io.add(fd, functools.partial(_notify, device, index))
+        device.uses_ioeventfd = True
+        irq = io.eventfd()
+        vmm.vm.irqfd(irq, gsi)
+        device.edge = irqfd_pulse(irq)
+        lines.append(
+            f"{placed.key}: QueueNotify {mmio.start + Reg.QUEUE_NOTIFY:#x} by ioeventfd "
+            f"({len(device.queues)} queues), IRQ {gsi} by irqfd, served by the I/O thread"
+        )
+    return lines
+
+
+def _notify(device: VirtioMmio, index: int) -> None:
+    with device.lock:
+        device.notify(index)
 
 
 def open_kvm(path: str) -> Kvm:

@@ -32,6 +32,7 @@ from pyvmm.vmm.device_manager import DeviceManager
 from pyvmm.vmm.ending import Ending, Outcome
 from pyvmm.vmm.exit_log import ExitLog
 from pyvmm.vmm.exits import ExitHandler
+from pyvmm.vmm.io_thread import IoThread
 from pyvmm.vmm.vcpu import VcpuRunner, VcpuStopped
 
 #: How often the idle watch asks whether every vCPU is parked for good.
@@ -95,6 +96,8 @@ class Vmm:
         self.clock_behind_ns = 0
         #: After a restore: the memory file guest RAM is mapped from.
         self.memory_file: Path | None = None
+        #: Serves virtio queues notified by ioeventfd (none without virtio).
+        self.io_thread: IoThread | None = None
         self.exit_log: ExitLog | None = None
         if (trace_out is not None and "exits" in config.trace) or config.stats:
             self.exit_log = ExitLog(
@@ -125,6 +128,8 @@ class Vmm:
         ]
         for runner in self._runners:
             runner.start()
+        if self.io_thread is not None:
+            self.io_thread.start()
         self._idle = threading.Thread(target=self._watch_idle, name="pyvmm-idle", daemon=True)
         self._idle.start()
         if self.ring is not None:
@@ -152,6 +157,10 @@ class Vmm:
         for runner in self._runners:
             runner.stop()
 
+    def fail(self, error: BaseException) -> None:
+        """A pyvmm thread other than a vCPU's met an error it did not expect."""
+        self.stop(Outcome(Ending.VMM_ERROR, f"I/O thread: {type(error).__name__}: {error}"))
+
     def halt(self) -> None:
         """Stop the vCPUs if they run and wait for them, keeping devices and
         descriptors: what feeds the devices from other threads (console
@@ -172,11 +181,15 @@ class Vmm:
         for runner in self._runners:
             if not runner.wait_paused(timeout):
                 raise TimeoutError(f"vCPU {runner.vcpu.id} did not pause in {timeout} s")
+        if self.io_thread is not None:
+            self.io_thread.pause()  # after the vCPUs: no new notification comes
         if self.ring is not None:
             self.ring.drain()  # every write the guest made has reached its device
 
     def resume(self) -> None:
         self._paused = False
+        if self.io_thread is not None:
+            self.io_thread.resume()
         for runner in self._runners:
             runner.resume()
 
@@ -263,6 +276,8 @@ class Vmm:
             if self._closed:
                 return
             self.halt()
+            if self.io_thread is not None:
+                self.io_thread.stop()
             if self.devices is not None:
                 self.devices.close()
             if self.ring is not None:
@@ -271,6 +286,8 @@ class Vmm:
                 vcpu.close()
             if self.vm is not None:
                 self.vm.close()
+            if self.io_thread is not None:
+                self.io_thread.close()  # its eventfds, now that KVM has let them go
             if self.kvm is not None:
                 self.kvm.close()
             if self.memory is not None:

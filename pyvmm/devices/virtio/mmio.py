@@ -92,8 +92,10 @@ class VirtioMmio(DeviceModel):
         self.memory = memory
         self.queues = [SplitQueue(i, size) for i, size in enumerate(backend.queue_sizes)]
         backend.kick = Kick(self._used, self._fail)
-        #: Set by the device manager once KVM signals QueueNotify by eventfd.
+        #: Set once KVM signals QueueNotify by eventfd (the I/O thread serves it).
         self.uses_ioeventfd = False
+        #: Set to raise the interrupt through KVM_IRQFD instead of KVM_IRQ_LINE.
+        self.edge: Callable[[], None] | None = None
         #: Why the device last set DEVICE_NEEDS_RESET (for traces and tests).
         self.last_error = ""
         #: For --stats: QueueNotify writes served, interrupts raised.
@@ -300,6 +302,9 @@ class VirtioMmio(DeviceModel):
         self._pulse()
 
     def _pulse(self) -> None:
+        if self.edge is not None:
+            self.edge()
+            return
         self.irq_line(True)  # an edge: the interrupt is edge-triggered (see aml)
         self.irq_line(False)
 
