@@ -20,6 +20,7 @@ there is nothing for pyvmm to interpret, and KVM checks what it is given.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from pyvmm.kvm import CpuidEntry, KvmError, Vcpu, Vm, lib
@@ -119,13 +120,19 @@ def restore_vcpu(vcpu: Vcpu, state: VcpuState) -> list[int]:
 
 
 def save_vm(vm: Vm) -> VmState:
+    """The VM's state. The clock's host wall-clock time comes from KVM when
+    it can pair the two (KVM_CLOCK_REALTIME: a host whose clocksource is the
+    TSC), else from reading CLOCK_REALTIME right after: a restore needs it
+    to move the guest's clock on either way."""
     clock, flags, realtime = vm.get_clock()
+    if not flags & lib.KVM_CLOCK_REALTIME:
+        realtime = time.time_ns()
     return VmState(
         irqchips={name: vm.get_irqchip(chip) for name, chip in IRQCHIPS.items()},
         pit=vm.get_pit2(),
         clock=clock,
         clock_flags=flags,
-        realtime=realtime if flags & lib.KVM_CLOCK_REALTIME else 0,
+        realtime=realtime,
     )
 
 
@@ -149,12 +156,14 @@ CLOCK_JUMP_MAX_NS = 15 * 60 * 10**9
 def restore_clock(vm: Vm, state: VmState, now_realtime: int) -> int:
     """Set the KVM clock. Returns how far (ns) the guest's clock is behind
     the host's wall clock afterwards: 0 when the clock could be moved
-    forward by the time the snapshot spent on disk (KVM_CLOCK_REALTIME,
-    within CLOCK_JUMP_MAX_NS), else that time, which the guest must catch
-    up on itself (its monotonic clock simply continues)."""
+    forward by the time the snapshot spent on disk (within
+    CLOCK_JUMP_MAX_NS), else that time, which the guest must catch up on
+    itself (its monotonic clock simply continues). The sum is done here,
+    not with KVM_SET_CLOCK's KVM_CLOCK_REALTIME, which kernels before 5.16
+    refuse."""
     elapsed = now_realtime - state.realtime
     if state.realtime and 0 <= elapsed <= CLOCK_JUMP_MAX_NS:
-        vm.set_clock(state.clock, realtime=state.realtime)
+        vm.set_clock(state.clock + elapsed)
         return 0
     vm.set_clock(state.clock)
     return max(elapsed, 0) if state.realtime else 0
