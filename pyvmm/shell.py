@@ -51,8 +51,11 @@ class Console(Protocol):
 #: What :func:`prepare` types: no echo, no prompts. Without echo busybox's
 #: shell reads lines with plain stdio, where a signal (SIGCHLD from a
 #: background job ending) reads like the end of input and would end the
-#: shell, PID 1: "ignoreeof" makes it read on.
-PREPARE = "stty -echo; PS1=''; PS2=''; set -o ignoreeof"
+#: shell, PID 1: "ignoreeof" makes it read on. The kernel's own messages
+#: stop going to the console but for emergencies (a panic): one printed in
+#: the middle of a command's output would become part of it (dmesg keeps
+#: them all).
+PREPARE = "stty -echo; PS1=''; PS2=''; set -o ignoreeof; dmesg -n 1"
 
 
 def prepare(machine: Console, timeout: float) -> None:
