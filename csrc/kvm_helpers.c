@@ -1,8 +1,12 @@
 #include <errno.h>
+#include <fcntl.h>
 #include <stdint.h>
 #include <signal.h>
 #include <string.h>
+#include <unistd.h>
 #include <sys/ioctl.h>
+#include <linux/if.h>
+#include <linux/if_tun.h>
 #include <linux/kvm.h>
 
 #include "kvm_helpers.h"
@@ -119,4 +123,25 @@ long pyvmm_bench_io_loop(int vcpu_fd, struct kvm_run *run)
         else
             return -EPROTO;
     }
+}
+
+int pyvmm_tap_open(const char *name)
+{
+    struct ifreq ifr;
+    int fd, err;
+
+    if (strlen(name) >= IFNAMSIZ)
+        return -ENAMETOOLONG;
+    fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    memset(&ifr, 0, sizeof(ifr));
+    ifr.ifr_flags = IFF_TAP | IFF_NO_PI;
+    memcpy(ifr.ifr_name, name, strlen(name));
+    if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
+        err = errno;
+        close(fd);
+        return -err;
+    }
+    return fd;
 }

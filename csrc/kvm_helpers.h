@@ -65,3 +65,12 @@ int pyvmm_coalesced_drain(void *ring_page, struct pyvmm_coalesced *out, int max)
  * exits, -errno if KVM_RUN failed, or -EPROTO on any other kind of exit.
  */
 long pyvmm_bench_io_loop(int vcpu_fd, struct kvm_run *run);
+
+/*
+ * Opens /dev/net/tun and attaches it to the existing tap device NAME, as a
+ * tap with no packet-information header (IFF_TAP | IFF_NO_PI), without
+ * creating one (IFF_TUN_EXCL is not set, but the device must exist: pyvmm
+ * refuses a name that /sys/class/net does not list). Non-blocking and
+ * close-on-exec. Returns the descriptor, or -errno.
+ */
+int pyvmm_tap_open(const char *name);

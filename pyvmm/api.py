@@ -30,6 +30,7 @@ from pyvmm.api_console import DEFAULT_TIMEOUT, ConsoleWaits, GuestExited, GuestT
 from pyvmm.console.session import ConsoleSession
 from pyvmm.console.text import ConsoleText
 from pyvmm.devices.virtio.blk import DiskConfig
+from pyvmm.devices.virtio.net import NetConfig
 from pyvmm.errors import UserError
 from pyvmm.shell import RunResult
 from pyvmm.vmm import builder
@@ -57,7 +58,8 @@ class Machine(ConsoleWaits):
     ``tcp:HOST:PORT`` where :meth:`start` waits for a guest another pyvmm
     sends with :meth:`migrate`. ``disks``: files (or
     :class:`~pyvmm.devices.virtio.blk.DiskConfig` for read-only ones or a
-    serial) the guest sees as vda, vdb, ...; ``rng``: a virtio-rng device."""
+    serial) the guest sees as vda, vdb, ...; ``nets``: ``"tap:NAME"`` or
+    ``"user"`` cards (eth0, ...), as ``--net``; ``rng``: a virtio-rng device."""
 
     def __init__(
         self,
@@ -77,6 +79,7 @@ class Machine(ConsoleWaits):
         restore: str | os.PathLike[str] | None = None,
         incoming: str | None = None,
         disks: Sequence[str | os.PathLike[str] | DiskConfig] = (),
+        nets: Sequence[str] = (),
         rng: bool = False,
     ) -> None:
         self._restore = Path(restore) if restore is not None else None
@@ -96,12 +99,15 @@ class Machine(ConsoleWaits):
             config = launch.make_config(kernel, initrd, cmdline, memory or "512M", cpus or 1, guest)
         config.trace = config.trace or parse_trace(trace)
         config.stats = config.stats or stats
-        if disks or rng:
+        if disks or nets or rng:
             if incoming is not None or self._restore is not None:
-                raise UserError("disks and rng: a restored or incoming guest keeps its own devices")
+                raise UserError(
+                    "disks, nets and rng: a restored or incoming guest keeps its own devices"
+                )
             config.disks = tuple(
                 d if isinstance(d, DiskConfig) else DiskConfig(os.fspath(d)) for d in disks
             )
+            config.nets = tuple(NetConfig.parse(n, i) for i, n in enumerate(nets))
             config.rng = rng
         if extra_files:
             from pyvmm.images import extra

@@ -75,6 +75,14 @@ def _parser() -> argparse.ArgumentParser:
         help="a file (or block device) as a virtio-blk disk: vda, vdb, ... (repeatable)",
     )
     run.add_argument(
+        "--net",
+        action="append",
+        default=[],
+        metavar="tap:NAME|user[,mac=M]",
+        help="a virtio-net card on an existing tap device, or on passt (user): eth0, ... "
+        "(repeatable)",
+    )
+    run.add_argument(
         "--rng", action="store_true", help="a virtio-rng device: entropy from the host (/dev/hwrng)"
     )
     run.add_argument(
@@ -197,6 +205,7 @@ def _run(args: argparse.Namespace) -> int:
     from pyvmm import launch
     from pyvmm.console import backends
     from pyvmm.devices.virtio.blk import DiskConfig
+    from pyvmm.devices.virtio.net import NetConfig
     from pyvmm.run import Restore, run_machine
     from pyvmm.vmm.config import MachineConfig, parse_trace
     from pyvmm.vmm.ending import Ending
@@ -238,10 +247,13 @@ def _run(args: argparse.Namespace) -> int:
             args.guest, announce=True,
         )  # fmt: skip
     config.debug, config.trace, config.stats = args.debug, trace, args.stats
-    if args.disk or args.rng:
+    if args.disk or args.net or args.rng:
         if restore is not None or incoming is not None:
-            raise UserError("--disk and --rng: a restored or incoming guest keeps its own devices")
+            raise UserError(
+                "--disk, --net and --rng: a restored or incoming guest keeps its own devices"
+            )
         config.disks = tuple(DiskConfig.parse(d) for d in args.disk)
+        config.nets = tuple(NetConfig.parse(n, i) for i, n in enumerate(args.net))
         config.rng = args.rng
     spec = backends.parse(args.console)
     log = Path(args.console_log) if args.console_log else None

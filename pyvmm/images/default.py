@@ -60,7 +60,7 @@ KERNEL_BUILD_HEADERS = {"/usr/include/libelf.h": "libelf-dev"}
 #: Modules of the stock kernel that the default guest loads, dependencies
 #: first (paths under lib/modules/RELEASE/kernel/): pvpanic's ACPI device
 #: driver, without which a panicking guest hangs instead of telling pyvmm,
-#: and virtio-mmio with the block and entropy devices.
+#: and virtio-mmio with the block, network and entropy devices.
 STOCK_MODULES = (
     "drivers/misc/pvpanic/pvpanic.ko",
     "drivers/misc/pvpanic/pvpanic-mmio.ko",
@@ -69,6 +69,9 @@ STOCK_MODULES = (
     "drivers/virtio/virtio_mmio.ko",
     "drivers/block/virtio_blk.ko",
     "drivers/char/hw_random/virtio-rng.ko",
+    "net/core/failover.ko",
+    "drivers/net/net_failover.ko",
+    "drivers/net/virtio_net.ko",
 )
 
 

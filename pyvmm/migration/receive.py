@@ -26,7 +26,15 @@ from pyvmm.errors import UserError
 from pyvmm.kvm import CpuidEntry, KvmError
 from pyvmm.migration import protocol
 from pyvmm.migration.protocol import Address, Channel, MigrationError
-from pyvmm.snapshot.format import HostInfo, SavedConfig, Snapshot, SnapshotError, decode, disks_of
+from pyvmm.snapshot.format import (
+    HostInfo,
+    SavedConfig,
+    Snapshot,
+    SnapshotError,
+    decode,
+    disks_of,
+    nets_of,
+)
 from pyvmm.snapshot.restore import check_host, config_of, restore_state
 from pyvmm.sockets import claim_path
 from pyvmm.vmm import boot_trace
@@ -97,7 +105,8 @@ def _check_hello(
         config = SavedConfig(
             kernel=str(hello["kernel"]), initrd=hello["initrd"], cmdline=str(hello["cmdline"]),
             memory=int(hello["memory"]), cpus=int(hello["cpus"]),
-            disks=disks_of(hello.get("disks", []), "HELLO.disks"), rng=hello.get("rng") is True,
+            disks=disks_of(hello.get("disks", []), "HELLO.disks"),
+            nets=nets_of(hello.get("nets", []), "HELLO.nets"), rng=hello.get("rng") is True,
         )  # fmt: skip
         host = HostInfo(**hello["host"])
         cpuids = [[CpuidEntry(*map(int, row)) for row in table] for table in hello["cpuids"]]

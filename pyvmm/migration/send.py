@@ -102,7 +102,7 @@ def hello(vmm: Vmm) -> bytes:
         "format": "pyvmm-migration", "version": protocol.VERSION,
         "memory": c.memory, "cpus": c.cpus, "kernel": str(c.kernel),
         "initrd": None if c.initrd is None else str(c.initrd), "cmdline": c.cmdline,
-        "disks": [vars(d) for d in c.disks], "rng": c.rng,
+        "disks": [vars(d) for d in c.disks], "nets": [vars(n) for n in c.nets], "rng": c.rng,
         "cpuids": [[[e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx] for e in v.cpuid]
                    for v in vmm.vcpus],
         "host": {"vendor": vendor(cpuid), "pvm": c.quirks.pvm, "xsave_size": xsave_size(vmm.kvm),

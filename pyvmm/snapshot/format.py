@@ -20,6 +20,7 @@ from typing import Any
 
 from pyvmm.arch.x86_64.state import IRQCHIPS, VCPU_STRUCTS, VcpuState, VmState
 from pyvmm.devices.virtio.blk import DiskConfig
+from pyvmm.devices.virtio.net import NetConfig
 from pyvmm.errors import UserError
 from pyvmm.kvm import CpuidEntry
 
@@ -51,10 +52,15 @@ class SavedConfig:
     #: Its virtio devices: the disks (their files are not part of the
     #: snapshot: a clone opens the same ones) and whether it has an rng.
     disks: tuple[DiskConfig, ...] = ()
+    nets: tuple[NetConfig, ...] = ()
     rng: bool = False
 
     def as_json(self) -> dict[str, Any]:
-        return {**vars(self), "disks": [vars(d) for d in self.disks]}
+        return {
+            **vars(self),
+            "disks": [vars(d) for d in self.disks],
+            "nets": [vars(n) for n in self.nets],
+        }
 
 
 def disks_of(items: list[Any], where: str) -> tuple[DiskConfig, ...]:
@@ -63,6 +69,18 @@ def disks_of(items: list[Any], where: str) -> tuple[DiskConfig, ...]:
     for item in items:
         doc = _Doc(item, where)
         out.append(DiskConfig(doc.text("path"), doc.flag("readonly"), doc.text("serial")))
+    return tuple(out)
+
+
+def nets_of(items: list[Any], where: str) -> tuple[NetConfig, ...]:
+    """Network cards saved by :meth:`SavedConfig.as_json`."""
+    out = []
+    for item in items:
+        doc = _Doc(item, where)
+        kind = doc.text("kind")
+        if kind not in ("tap", "user"):
+            raise SnapshotError(f"state file: {where} has a card of kind {kind!r}")
+        out.append(NetConfig(kind, doc.text("name"), doc.text("mac")))
     return tuple(out)
 
 
@@ -261,6 +279,9 @@ def decode(data: bytes) -> Snapshot:
             cpus=config.num("cpus", 1, MAX_VCPUS),
             disks=disks_of(config.seq("disks", MAX_DISKS), "state.config.disks")
             if "disks" in config.value
+            else (),
+            nets=nets_of(config.seq("nets", MAX_DISKS), "state.config.nets")
+            if "nets" in config.value
             else (),
             rng="rng" in config.value and config.flag("rng"),
         ),

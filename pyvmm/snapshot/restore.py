@@ -38,6 +38,7 @@ def config_of(saved: SavedConfig) -> MachineConfig:
         memory=c.memory,
         cpus=c.cpus,
         disks=c.disks,
+        nets=c.nets,
         rng=c.rng,
         quirks=HostQuirks.detect(),
     )

@@ -82,6 +82,7 @@ def capture(vmm: Vmm, extra: dict[str, Any] | None = None) -> Snapshot:
             memory=c.memory,
             cpus=c.cpus,
             disks=c.disks,
+            nets=c.nets,
             rng=c.rng,
         ),
         host=HostInfo(

@@ -149,14 +149,14 @@ def assemble(
     )
     vmm.com1 = add_pc_devices(vmm.devices, vmm.console.write, vmm.console.room, events)
     virtio_trace = vmm.trace_out if "virtio" in config.trace else None
-    add_virtio_devices(vmm.devices, memory, config.disks, config.rng, virtio_trace)
+    add_virtio_devices(vmm.devices, memory, config, virtio_trace)
     coalesced = vmm.devices.coalesced if kvm.check_extension(lib.KVM_CAP_COALESCED_PIO) else []
     for addr, size, pio in coalesced:
         vm.register_coalesced(addr, size, pio)
     if coalesced:
         vmm.ring = CoalescedRing(vmm.vcpus[0], vmm.pio, vmm.mmio)
         vmm.handler.use_ring(vmm.ring)
-    wired = wire_eventfds(vmm) if kvm.check_extension(lib.KVM_CAP_IOEVENTFD) else []
+    wired = wire_virtio(vmm)
     if trace:
         trace.step(
             "place the devices (vmm.device_manager)",
@@ -164,13 +164,16 @@ def assemble(
         )
 
 
-def wire_eventfds(vmm: Vmm) -> list[str]:
-    """Give each virtio device's queue notifications to KVM_IOEVENTFD and
-    its interrupt to KVM_IRQFD, served by the I/O thread; trace lines."""
-    assert vmm.vm is not None and vmm.devices is not None
+def wire_virtio(vmm: Vmm) -> list[str]:
+    """The I/O thread for the virtio devices: each queue's notifications by
+    KVM_IOEVENTFD and each device's interrupt by KVM_IRQFD where KVM has
+    them (else an MMIO exit and KVM_IRQ_LINE, on the vCPU), and each host
+    descriptor (a network link) watched; returns trace lines."""
+    assert vmm.vm is not None and vmm.devices is not None and vmm.kvm is not None
     devices = [p for p in vmm.devices if isinstance(p.device, VirtioMmio)]
-    if not devices or not vmm.kvm or not vmm.kvm.check_extension(lib.KVM_CAP_IRQFD):
+    if not devices:
         return []
+    eventfds = all(vmm.kvm.check_extension(c) for c in (lib.KVM_CAP_IOEVENTFD, lib.KVM_CAP_IRQFD))
     vmm.io_thread = io = IoThread(vmm.fail)
     lines = []
     for placed in devices:
@@ -178,6 +181,12 @@ def wire_eventfds(vmm: Vmm) -> list[str]:
         assert isinstance(device, VirtioMmio)
         mmio, gsi = placed.allocation.mmio, placed.allocation.irq
         assert mmio is not None and gsi is not None
+        host = device.backend.host_fd()
+        if host is not None:
+            io.add(host, functools.partial(_host_ready, device, io, host), eventfd=False)
+            device.notified = functools.partial(io.watch, host, True)
+        if not eventfds:
+            continue
         for offset, size, index in device.notify_points():
             fd = io.eventfd()
             vmm.vm.ioeventfd(fd, mmio.start + offset, size, datamatch=index)
@@ -191,6 +200,13 @@ def wire_eventfds(vmm: Vmm) -> list[str]:
             f"({len(device.queues)} queues), IRQ {gsi} by irqfd, served by the I/O thread"
         )
     return lines
+
+
+def _host_ready(device: VirtioMmio, io: IoThread, fd: int) -> None:
+    with device.lock:
+        more = device.host_ready()
+    if not more:
+        io.watch(fd, False)  # until the driver notifies a queue again
 
 
 def _notify(device: VirtioMmio, index: int) -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from pyvmm.arch.x86_64 import pvm
 from pyvmm.devices.virtio.blk import DiskConfig
+from pyvmm.devices.virtio.net import NetConfig
 from pyvmm.errors import UserError
 
 MiB = 1 << 20
@@ -89,6 +90,8 @@ class MachineConfig:
     stats: bool = False
     #: virtio-blk disks (``--disk``), in the order the guest sees them (vda, vdb, ...).
     disks: tuple[DiskConfig, ...] = ()
+    #: virtio-net cards (``--net``): eth0, eth1, ...
+    nets: tuple[NetConfig, ...] = ()
     #: A virtio-rng device (``--rng``).
     rng: bool = False
     quirks: HostQuirks = field(default_factory=HostQuirks.detect)

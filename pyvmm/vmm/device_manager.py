@@ -22,12 +22,13 @@ from pyvmm.arch.x86_64 import layout
 from pyvmm.devices import acpi_pm, cmos, i8042, pvpanic, serial
 from pyvmm.devices.bus import Bus
 from pyvmm.devices.device import Allocation, DeviceModel, State
-from pyvmm.devices.virtio import blk, rng
+from pyvmm.devices.virtio import blk, net, net_host, rng
 from pyvmm.devices.virtio.backend import VirtioBackend
 from pyvmm.devices.virtio.mmio import VirtioMmio
 from pyvmm.devices.virtio.trace import Tracer
 from pyvmm.errors import UserError
 from pyvmm.memory import GuestMemory, Range
+from pyvmm.vmm.config import MachineConfig
 
 #: Drives a GSI of the in-kernel interrupt controllers (KVM_IRQ_LINE).
 SetIrqLine = Callable[[int, bool], None]
@@ -169,20 +170,27 @@ def add_pc_devices(
     return com1
 
 
+def _card(config: net.NetConfig) -> net.Net:
+    link: net.Link = net_host.Tap(config.name) if config.kind == "tap" else net_host.Passt()
+    return net.Net(link, net.parse_mac(config.mac))
+
+
 def add_virtio_devices(
     manager: DeviceManager,
     memory: GuestMemory,
-    disks: tuple[blk.DiskConfig, ...],
-    with_rng: bool,
+    config: MachineConfig,
     trace: Callable[[str], None] | None = None,
 ) -> None:
     """A virtio-mmio device per disk (the guest's vda, vdb, ... in this
-    order), then the entropy device; ``trace`` gets a line per request
-    (``--trace virtio``). A disk that cannot be opened is a UserError;
-    those opened before it are closed again."""
+    order), per network card (eth0, ...), then the entropy device; ``trace``
+    gets a line per request (``--trace virtio``). A disk or link that cannot
+    be opened is a UserError; those opened before it are closed again."""
     added: list[VirtioMmio] = []
-    backends: list[Callable[[], VirtioBackend]] = [functools.partial(blk.Block, d) for d in disks]
-    if with_rng:
+    backends: list[Callable[[], VirtioBackend]] = [
+        functools.partial(blk.Block, d) for d in config.disks
+    ]
+    backends += [functools.partial(_card, n) for n in config.nets]
+    if config.rng:
         backends.append(rng.Rng)
     try:
         for make in backends:

@@ -31,6 +31,8 @@ class IoThread:
         self._failed = failed
         self._epoll = select.epoll()
         self._handlers: dict[int, Callable[[], None]] = {}
+        self._raw: set[int] = set()  # descriptors that are not eventfds
+        self._ignored: set[int] = set()  # not waited on for now (watch)
         #: Owned eventfds, closed with the thread.
         self._fds: list[int] = []
         self._wake = self.eventfd()
@@ -49,10 +51,23 @@ class IoThread:
         self._fds.append(fd)
         return fd
 
-    def add(self, fd: int, handler: Callable[[], None]) -> None:
-        """Call ``handler`` each time ``fd`` (an eventfd) is signalled."""
+    def add(self, fd: int, handler: Callable[[], None], eventfd: bool = True) -> None:
+        """Call ``handler`` each time ``fd`` is signalled (an eventfd, read
+        here) or readable (any other descriptor: the handler reads it)."""
         self._handlers[fd] = handler
+        if not eventfd:
+            self._raw.add(fd)
         self._epoll.register(fd, select.EPOLLIN)
+
+    def watch(self, fd: int, on: bool) -> None:
+        """Wait on ``fd`` again (or not, while its handler has nowhere to
+        put what it would read). From any thread."""
+        if fd in self._handlers and on != (fd not in self._ignored):
+            if on:
+                self._ignored.discard(fd)
+            else:
+                self._ignored.add(fd)
+            self._epoll.modify(fd, select.EPOLLIN if on else 0)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="pyvmm-io", daemon=True)
@@ -69,10 +84,11 @@ class IoThread:
                 self._parked.clear()
                 continue
             for fd, _ in self._epoll.poll():
-                try:
-                    os.eventfd_read(fd)
-                except BlockingIOError:
-                    continue
+                if fd not in self._raw:
+                    try:
+                        os.eventfd_read(fd)
+                    except BlockingIOError:
+                        continue
                 handler = self._handlers.get(fd)
                 if handler is None:
                     continue

@@ -78,6 +78,20 @@ class VirtioBackend:
         """What it did, for ``--stats``."""
         return ""
 
+    def cmdline(self) -> str:
+        """Words for the kernel command line (none by default)."""
+        return ""
+
+    def host_fd(self) -> int | None:
+        """A descriptor that turns readable when the host has work for the
+        device (frames from the network); the I/O thread watches it."""
+        return None
+
+    def host_ready(self, queues: list[SplitQueue]) -> bool:
+        """``host_fd`` is readable: do that work. False: stop watching the
+        descriptor until the driver next notifies a queue."""
+        return False
+
     def state(self) -> dict[str, Any]:
         return {}
 

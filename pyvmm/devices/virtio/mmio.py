@@ -96,6 +96,9 @@ class VirtioMmio(DeviceModel):
         self.uses_ioeventfd = False
         #: Set to raise the interrupt through KVM_IRQFD instead of KVM_IRQ_LINE.
         self.edge: Callable[[], None] | None = None
+        #: Called after each notification: the I/O thread watches the
+        #: backend's host descriptor again (the driver posted buffers).
+        self.notified: Callable[[], None] | None = None
         #: Why the device last set DEVICE_NEEDS_RESET (for traces and tests).
         self.last_error = ""
         #: For --stats: QueueNotify writes served, interrupts raised.
@@ -130,6 +133,9 @@ class VirtioMmio(DeviceModel):
             ),
             uid=index,
         )
+
+    def cmdline(self) -> str:
+        return self.backend.cmdline()
 
     def notify_points(self) -> list[tuple[int, int, int]]:
         """(offset, size, value) of the writes KVM may signal as eventfds:
@@ -271,6 +277,19 @@ class VirtioMmio(DeviceModel):
         if index < len(self.queues) and self.status & DRIVER_OK:
             self.notifications += 1
             self._serve(self.queues[index])
+            if self.notified is not None:
+                self.notified()
+
+    def host_ready(self) -> bool:
+        """The backend's host descriptor is readable (see
+        :meth:`VirtioBackend.host_ready`); False: stop watching it for now."""
+        if not self.status & DRIVER_OK or self.status & DEVICE_NEEDS_RESET:
+            return False
+        try:
+            return self.backend.host_ready(self.queues)
+        except QueueError as e:
+            self._fail(str(e))
+            return False
 
     def _serve(self, q: SplitQueue) -> None:
         if not q.ready or q.broken or self.status & DEVICE_NEEDS_RESET:
