@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -71,3 +72,20 @@ def test_spinning_guest_stopped_from_python(guests: Guests) -> None:
         m.stop(Outcome(Ending.TERMINATED, "stopped by the test"))
         result = m.wait(timeout=10)
     assert result is not None and result.ending is Ending.TERMINATED
+
+
+def test_a_hostile_virtio_driver(guests: Guests, tmp_path: Path) -> None:
+    """A test guest that breaks every rule of virtio it can on a read-only
+    disk (tests/guests/virtio.c): each time the device says so as the spec
+    wants, pyvmm carries on, and the disk is untouched and still reads."""
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(b"SECTOR0!" + bytes((1 << 20) - 8))
+    r = pyvmm(
+        "run", "--kernel", guests.elf, "--memory", "64M", "--disk", f"{disk},readonly",
+        "--cmdline", "action=virtio", timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "virtio WRONG" not in r.stdout, r.stdout
+    assert "virtio: sector 0 begins SECTOR0!\n" in r.stdout
+    assert "virtio: 15 of 15 cases answered as the spec says\n" in r.stdout
+    assert disk.read_bytes() == b"SECTOR0!" + bytes((1 << 20) - 8)

@@ -101,7 +101,7 @@ def _run(cmd: list[str]) -> None:
 def build(outdir: Path) -> Guests:
     outdir.mkdir(parents=True, exist_ok=True)
     objs = []
-    for src in ("entry.S", "guest.c"):
+    for src in ("entry.S", "guest.c", "virtio.c"):
         obj = outdir / (Path(src).stem + ".o")
         _run(["gcc", *CFLAGS, "-c", str(HERE / src), "-o", str(obj)])
         objs.append(str(obj))

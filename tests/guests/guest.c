@@ -5,6 +5,7 @@
  * says: reset (default, through the i8042), halt (cli; hlt), triple (a fault
  * with no usable IDT), wait (sti; hlt forever), spin (cli; a tight loop
  * forever), hostile (hammer ports and MMIO nobody claims, then triple fault),
+ * virtio (break every rule of the virtio-blk device at 0xd0000000: virtio.c),
  * flood (64 KiB of output, then reset).
  *
  * Every line it prints is checked by tests/test_boot_guest.py. Guest kernel
@@ -40,6 +41,11 @@ static inline u8 inb(u16 port)
     return v;
 }
 
+void virtio_abuse(void); /* virtio.c */
+void puts(const char *s);
+void putdec(u64 v);
+void puthex(u64 v, int digits);
+
 static void putc(char c)
 {
     while (!(inb(COM1 + 5) & 0x20)) /* LSR.THRE */
@@ -47,20 +53,20 @@ static void putc(char c)
     outb(COM1, c);
 }
 
-static void puts(const char *s)
+void puts(const char *s)
 {
     while (*s)
         putc(*s++);
 }
 
-static void puthex(u64 v, int digits)
+void puthex(u64 v, int digits)
 {
     puts("0x");
     for (int i = digits - 1; i >= 0; i--)
         putc("0123456789abcdef"[(v >> (i * 4)) & 0xf]);
 }
 
-static void putdec(u64 v)
+void putdec(u64 v)
 {
     char buf[21];
     int i = 20;
@@ -444,6 +450,8 @@ void guest_main(const u8 *bp, u64 entry)
 
     if (has_word(cmdline, "action=hostile"))
         hostile();
+    if (has_word(cmdline, "action=virtio"))
+        virtio_abuse();
 
     if (has_word(cmdline, "action=halt")) {
         puts("halting\n");
