@@ -1,7 +1,7 @@
 """pyvmm's figures: exit cost, boot time, memory and console throughput.
 
     python bench/run.py [--runs 3] [--only exits,startup,boot,memory,serial,restore,run,clones,
-                                          migrate-idle,migrate-dirty]
+                                          virtio,migrate-idle,migrate-dirty]
 
 - exits: time per port-I/O exit handled by pyvmm's vCPU loop
   (``vmm.vcpu.run_lean``: ``pyvmm_run``, ``ExitHandler.port``, the port bus,
@@ -23,6 +23,7 @@
   with polled I/O (one exit per byte: the LSR read; KVM batches the THR
   writes), read from pyvmm's standard output.
 - restore, run, clones: snapshots (bench/snapshots.py says what each is).
+- virtio: disk and network throughput and their cost (bench/virtio.py; root).
 - migrate-idle, migrate-dirty: live migration (bench/migration.py).
 
 Each figure is the median of --runs runs. Figures, not assertions: nothing
@@ -301,7 +302,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument(
         "--only",
-        default="exits,startup,boot,memory,serial,restore,run,clones,migrate-idle,migrate-dirty",
+        default="exits,startup,boot,memory,serial,restore,run,clones,virtio,migrate-idle,"
+        "migrate-dirty",
     )
     parser.add_argument("--guest", default="auto", help="default guest for the boot figure")
     parser.add_argument("--memory", default="512M", help="--memory for the boot figure")
@@ -328,6 +330,10 @@ def main() -> None:
             snapshots.run_true(args.runs)
         if "clones" in which:
             snapshots.clones()
+    if "virtio" in which:
+        import virtio  # bench/virtio.py, next to this file
+
+        virtio.disk_and_net()
     if {"migrate-idle", "migrate-dirty"} & set(which):
         import migration  # bench/migration.py, next to this file
 

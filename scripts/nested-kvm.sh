@@ -68,9 +68,11 @@ if ! [ -f "$l1/vmlinuz" ]; then
     rm -rf "$tmp"
 fi
 
-# 3. L1's initramfs: busybox, the modules /init loads (dependencies first),
-# /init; made again when the init script changes.
-key=$(cat "$here/nested/l1-init" | sha256sum | cut -c1-12)
+# 3. L1's initramfs: busybox, the modules /init loads (dependencies first:
+# 9p and overlay for the host's files, kvm_amd, tun for the network tests),
+# /init; made again when the init script or the module list changes.
+l1_modules="virtio_pci 9pnet_virtio 9p overlay kvm_amd tun"
+key=$( (cat "$here/nested/l1-init"; echo "$l1_modules") | sha256sum | cut -c1-12)
 initrd=$l1/initrd-$key.cpio
 if ! [ -f "$initrd" ]; then
     say "building L1's initramfs"
@@ -81,7 +83,8 @@ if ! [ -f "$initrd" ]; then
         [ "$applet" = busybox ] || ln -s busybox "$root/bin/$applet"
     done
     : > "$root/modules.order"
-    for m in $(python3 "$here/nested/modules.py" "$l1/modules" virtio_pci 9pnet_virtio 9p overlay kvm_amd); do
+    # shellcheck disable=SC2086 # a list of module names
+    for m in $(python3 "$here/nested/modules.py" "$l1/modules" $l1_modules); do
         name=$(basename "$m")
         case "$name" in
         *.ko) cp "$l1/modules/$m" "$root/modules/$name" ;;

@@ -77,8 +77,8 @@ def ip(*args: str) -> None:
 @pytest.fixture
 def namespace() -> Iterator[str]:
     """A network namespace with a tap device, tap0, at 192.168.77.1/24."""
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("needs root and iproute2 for a network namespace")
+    if os.geteuid() != 0 or shutil.which("ip") is None or not Path("/dev/net/tun").exists():
+        pytest.skip("needs root, iproute2 and /dev/net/tun for a tap in a network namespace")
     name = f"pyvmm-{uuid.uuid4().hex[:8]}"
     ip("netns", "add", name)
     try:
