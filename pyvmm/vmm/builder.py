@@ -203,10 +203,9 @@ def wire_virtio(vmm: Vmm) -> list[str]:
 
 
 def _host_ready(device: VirtioMmio, io: IoThread, fd: int) -> None:
-    with device.lock:
-        more = device.host_ready()
-    if not more:
-        io.watch(fd, False)  # until the driver notifies a queue again
+    with device.lock:  # ordered with a notification that watches it again
+        if not device.host_ready():
+            io.watch(fd, False)  # until the driver notifies a queue again
 
 
 def _notify(device: VirtioMmio, index: int) -> None:

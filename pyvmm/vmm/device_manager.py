@@ -171,8 +171,12 @@ def add_pc_devices(
 
 
 def _card(config: net.NetConfig) -> net.Net:
+    try:
+        mac = net.parse_mac(config.mac)  # before the link: a passt is a process to stop
+    except ValueError as e:
+        raise UserError(f"network card: {e}") from None
     link: net.Link = net_host.Tap(config.name) if config.kind == "tap" else net_host.Passt()
-    return net.Net(link, net.parse_mac(config.mac))
+    return net.Net(link, mac)
 
 
 def add_virtio_devices(
@@ -184,7 +188,8 @@ def add_virtio_devices(
     """A virtio-mmio device per disk (the guest's vda, vdb, ... in this
     order), per network card (eth0, ...), then the entropy device; ``trace``
     gets a line per request (``--trace virtio``). A disk or link that cannot
-    be opened is a UserError; those opened before it are closed again."""
+    be opened is a UserError; the devices placed before it close with the
+    machine, one made but not placed is closed here."""
     added: list[VirtioMmio] = []
     backends: list[Callable[[], VirtioBackend]] = [
         functools.partial(blk.Block, d) for d in config.disks
