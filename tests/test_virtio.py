@@ -12,14 +12,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pyvmm.devices.virtio import blk, mmio, queue
+from pyvmm.devices.virtio import blk, mmio, net, queue
 from pyvmm.devices.virtio.backend import F_EVENT_IDX, F_VERSION_1
 from pyvmm.devices.virtio.mmio import Reg, VirtioMmio
 from pyvmm.devices.virtio.rng import Rng
 from pyvmm.errors import UserError
 from tests.virtio_driver import BUFFERS_AT, RAM, Driver, ram
 
-FUZZ = settings(max_examples=500, deadline=None, suppress_health_check=list(HealthCheck))
+FUZZ = settings(max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck))
 
 
 def rng_driver() -> Driver:
@@ -397,6 +397,28 @@ def test_transport_state_round_trip() -> None:
 REGISTERS = [r.value for r in Reg] + [0x100, 0x104, 0x1FC]
 
 
+class FakeLink:
+    """A network card's host side holding a few frames."""
+
+    up = True
+    guest_words = ""
+
+    def __init__(self, frames: list[bytes]) -> None:
+        self.frames = frames
+
+    def fileno(self) -> int:
+        return -1
+
+    def receive(self) -> bytes | None:
+        return self.frames.pop() if self.frames else None
+
+    def send(self, frame: bytes) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 DESCRIPTOR = st.tuples(
     st.one_of(st.integers(0, 2**64 - 1), st.integers(BUFFERS_AT, BUFFERS_AT + 0x8000)),
     st.one_of(st.integers(0, 2**32 - 1), st.integers(0, 0x2000)),
@@ -407,7 +429,7 @@ DESCRIPTOR = st.tuples(
 
 @FUZZ
 @given(
-    kind=st.sampled_from(["rng", "blk"]),
+    kind=st.sampled_from(["rng", "blk", "net"]),
     descs=st.lists(DESCRIPTOR, max_size=20),
     heads=st.lists(st.integers(0, 24), max_size=20),
     indirect=st.binary(max_size=256),
@@ -431,7 +453,14 @@ def test_a_hostile_driver_never_breaks_the_device_model(
     notifications at any time: the model raises nothing, and whatever it
     does, it does inside guest RAM (GuestMemory refuses anything else,
     which would raise here)."""
-    d = rng_driver() if kind == "rng" else blk_driver(disk(tmp_path_factory.mktemp("d"), 4096))
+    if kind == "net":
+        memory = ram()
+        link = FakeLink([bytes(60)] * 3)
+        d = Driver(VirtioMmio(net.Net(link, bytes.fromhex("525400123456")), memory), memory)
+    elif kind == "rng":
+        d = rng_driver()
+    else:
+        d = blk_driver(disk(tmp_path_factory.mktemp("d"), 4096))
     d.start()
     d.memory.write(BUFFERS_AT, indirect)  # where indirect tables may point
     d.descriptors(0, descs)
@@ -440,6 +469,7 @@ def test_a_hostile_driver_never_breaks_the_device_model(
     for offset, value, size in writes:
         d.device.write(offset, value.to_bytes(4, "little")[:size])
         d.device.read(offset, size)
+        d.device.host_ready()  # frames from the host at any moment
     d.set(Reg.QUEUE_NOTIFY, 0)
     d.device.close()
 
