@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 #: Capabilities that let root ignore file permissions (<linux/capability.h>).
 CAP_DAC_OVERRIDE = 1
 CAP_DAC_READ_SEARCH = 2
@@ -46,13 +48,19 @@ def pyvmm(
     else:
         command = [sys.executable, "-c", _WITH_KVM_DEVICE, str(kvm_device)]
     as_root = os.geteuid() == 0
-    return subprocess.run(
-        [*command, *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        preexec_fn=_drop_file_permission_override if obey_file_permissions and as_root else None,
-    )
+    try:
+        return subprocess.run(
+            [*command, *map(str, args)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            preexec_fn=_drop_file_permission_override
+            if obey_file_permissions and as_root
+            else None,
+        )
+    except subprocess.TimeoutExpired as e:  # say where the guest was
+        out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else e.stdout or ""
+        pytest.fail(f"pyvmm did not end within {timeout} s; its last output:\n{out[-3000:]}")
 
 
 def one_line_error(r: subprocess.CompletedProcess[str], *fragments: str) -> None:
