@@ -70,29 +70,19 @@ class Chain:
     def read(self, offset: int = 0, limit: int | None = None) -> bytes:
         """The readable bytes from ``offset``, at most ``limit`` of them."""
         want = self.readable_len - offset if limit is None else limit
-        out = bytearray()
-        for b in self.readable:
-            if want <= 0:
-                break
-            if offset >= b.length:
-                offset -= b.length
-                continue
-            n = min(b.length - offset, want)
-            out += self.memory.view(b.gpa + offset, n)
-            want -= n
-            offset = 0
-        return bytes(out)
+        return b"".join(self.readable_views(offset, want))
 
     def readable_views(self, offset: int, size: int) -> list[memoryview]:
         """Views of ``size`` readable bytes from ``offset`` (for writev)."""
-        return self._views(self.readable, offset, size)
+        return [self.memory.view(gpa, n) for gpa, n in _spans(self.readable, offset, size)]
 
     def writable_views(self, offset: int, size: int) -> list[memoryview]:
         """Views of ``size`` writable bytes from ``offset`` (for readv); the
         pages are noted as written (for migration's dirty tracking)."""
-        views = self._views(self.writable, offset, size)
-        self._mark(offset, size)
-        return views
+        spans = _spans(self.writable, offset, size)
+        for gpa, n in spans:
+            self.memory.mark_written(gpa, n)
+        return [self.memory.view(gpa, n) for gpa, n in spans]
 
     def write(self, data: bytes | memoryview, offset: int = 0) -> int:
         """Scatter ``data`` into the writable buffers from ``offset``; how
@@ -104,31 +94,22 @@ class Chain:
             done += len(view)
         return done
 
-    def _views(self, buffers: list[Buffer], offset: int, size: int) -> list[memoryview]:
-        out = []
-        for b in buffers:
-            if size <= 0:
-                break
-            if offset >= b.length:
-                offset -= b.length
-                continue
-            n = min(b.length - offset, size)
-            out.append(self.memory.view(b.gpa + offset, n))
-            size -= n
-            offset = 0
-        return out
 
-    def _mark(self, offset: int, size: int) -> None:
-        for b in self.writable:
-            if size <= 0:
-                break
-            if offset >= b.length:
-                offset -= b.length
-                continue
-            n = min(b.length - offset, size)
-            self.memory.mark_written(b.gpa + offset, n)
-            size -= n
-            offset = 0
+def _spans(buffers: list[Buffer], offset: int, size: int) -> list[tuple[int, int]]:
+    """(guest address, length) of the ``size`` bytes from ``offset`` in
+    ``buffers`` taken as one run of bytes."""
+    out = []
+    for b in buffers:
+        if size <= 0:
+            break
+        if offset >= b.length:
+            offset -= b.length
+            continue
+        n = min(b.length - offset, size)
+        out.append((b.gpa + offset, n))
+        size -= n
+        offset = 0
+    return out
 
 
 class SplitQueue:
