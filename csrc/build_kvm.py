@@ -20,6 +20,7 @@ ffibuilder.set_source(
     #define _GNU_SOURCE  /* fallocate and its FALLOC_FL_* flags */
     #include <fcntl.h>
     #include <linux/kvm.h>
+    #include <sys/file.h>
     #include <sys/mman.h>
     #include "kvm_helpers.h"
     """,

@@ -15,7 +15,6 @@ status byte breaks the queue's rules, and the device asks for a reset.
 from __future__ import annotations
 
 import errno
-import fcntl  # flock, for the disk image's lock
 import os
 import stat
 import struct
@@ -98,13 +97,13 @@ def open_disk(disk: DiskConfig) -> tuple[int, int]:
         mode = os.fstat(fd).st_mode
         if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
             raise UserError(f"--disk {disk.path}: not a regular file or block device")
-        try:
-            fcntl.flock(fd, (fcntl.LOCK_SH if disk.readonly else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if lib.flock(fd, (lib.LOCK_SH if disk.readonly else lib.LOCK_EX) | lib.LOCK_NB) != 0:
+            if ffi.errno != errno.EWOULDBLOCK:
+                raise UserError(f"--disk {disk.path}: cannot lock it: {os.strerror(ffi.errno)}")
             raise UserError(
                 f"--disk {disk.path}: in use by another guest or program "
                 "(locked; several may share it only if all open it readonly)"
-            ) from None
+            )
         size = os.lseek(fd, 0, os.SEEK_END)
         if size % SECTOR:
             raise UserError(
