@@ -31,9 +31,8 @@ from pyvmm.snapshot.format import (
     SavedConfig,
     Snapshot,
     SnapshotError,
+    config_from,
     decode,
-    disks_of,
-    nets_of,
 )
 from pyvmm.snapshot.restore import check_host, config_of, restore_state
 from pyvmm.sockets import claim_path
@@ -102,12 +101,7 @@ def _check_hello(
             f"this pyvmm {protocol.VERSION}"
         )
     try:
-        config = SavedConfig(
-            kernel=str(hello["kernel"]), initrd=hello["initrd"], cmdline=str(hello["cmdline"]),
-            memory=int(hello["memory"]), cpus=int(hello["cpus"]),
-            disks=disks_of(hello.get("disks", []), "HELLO.disks"),
-            nets=nets_of(hello.get("nets", []), "HELLO.nets"), rng=hello.get("rng") is True,
-        )  # fmt: skip
+        config = config_from(hello, "HELLO")
         host = HostInfo(**hello["host"])
         cpuids = [[CpuidEntry(*map(int, row)) for row in table] for table in hello["cpuids"]]
     except (KeyError, TypeError, ValueError, SnapshotError):

@@ -32,7 +32,7 @@ from typing import Any
 from pyvmm.migration import protocol
 from pyvmm.migration.dirty import DirtyLog
 from pyvmm.migration.protocol import Address, Channel, MigrationError
-from pyvmm.snapshot.format import encode
+from pyvmm.snapshot.format import SavedConfig, encode
 from pyvmm.snapshot.store import PM_FILE, PM_PRESENT, PM_SWAPPED, _page_flags
 from pyvmm.snapshot.take import capture, features, vendor, xsave_size
 from pyvmm.vmm.lifecycle import Vmm
@@ -100,9 +100,7 @@ def hello(vmm: Vmm) -> bytes:
     cpuid = vmm.vcpus[0].cpuid
     return json.dumps({
         "format": "pyvmm-migration", "version": protocol.VERSION,
-        "memory": c.memory, "cpus": c.cpus, "kernel": str(c.kernel),
-        "initrd": None if c.initrd is None else str(c.initrd), "cmdline": c.cmdline,
-        "disks": [vars(d) for d in c.disks], "nets": [vars(n) for n in c.nets], "rng": c.rng,
+        **SavedConfig.of(c).as_json(),
         "cpuids": [[[e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx] for e in v.cpuid]
                    for v in vmm.vcpus],
         "host": {"vendor": vendor(cpuid), "pvm": c.quirks.pvm, "xsave_size": xsave_size(vmm.kvm),

@@ -23,6 +23,7 @@ from pyvmm.devices.virtio.blk import DiskConfig
 from pyvmm.devices.virtio.net import NetConfig
 from pyvmm.errors import UserError
 from pyvmm.kvm import CpuidEntry
+from pyvmm.vmm.config import MachineConfig
 
 FORMAT = "pyvmm-snapshot"
 #: Bumped whenever the meaning of a field changes; older pyvmm refuses newer files.
@@ -55,6 +56,14 @@ class SavedConfig:
     nets: tuple[NetConfig, ...] = ()
     rng: bool = False
 
+    @classmethod
+    def of(cls, c: MachineConfig) -> SavedConfig:
+        return cls(
+            kernel=str(c.kernel), initrd=None if c.initrd is None else str(c.initrd),
+            cmdline=c.cmdline, memory=c.memory, cpus=c.cpus, disks=c.disks, nets=c.nets,
+            rng=c.rng,
+        )  # fmt: skip
+
     def as_json(self) -> dict[str, Any]:
         return {
             **vars(self),
@@ -70,6 +79,26 @@ def disks_of(items: list[Any], where: str) -> tuple[DiskConfig, ...]:
         doc = _Doc(item, where)
         out.append(DiskConfig(doc.text("path"), doc.flag("readonly"), doc.text("serial")))
     return tuple(out)
+
+
+def config_from(value: Any, where: str) -> SavedConfig:
+    """A machine's configuration as :meth:`SavedConfig.as_json` wrote it (in
+    a state file, or a migration's HELLO); SnapshotError names what is wrong."""
+    config = _Doc(value, where)
+    return SavedConfig(
+        kernel=config.text("kernel"),
+        initrd=config.text("initrd", optional=True),
+        cmdline=config.text("cmdline"),
+        memory=config.num("memory", 1, 1 << 48),
+        cpus=config.num("cpus", 1, MAX_VCPUS),
+        disks=disks_of(config.seq("disks", MAX_DISKS), f"{where}.disks")
+        if "disks" in config.value
+        else (),
+        nets=nets_of(config.seq("nets", MAX_DISKS), f"{where}.nets")
+        if "nets" in config.value
+        else (),
+        rng="rng" in config.value and config.flag("rng"),
+    )
 
 
 def nets_of(items: list[Any], where: str) -> tuple[NetConfig, ...]:
@@ -271,20 +300,7 @@ def decode(data: bytes) -> Snapshot:
         raise SnapshotError("state file: state.emulation or state.extra is malformed")
     irqchips = vm.sub("irqchips")
     snap = Snapshot(
-        config=SavedConfig(
-            kernel=config.text("kernel"),
-            initrd=config.text("initrd", optional=True),
-            cmdline=config.text("cmdline"),
-            memory=config.num("memory", 1, 1 << 48),
-            cpus=config.num("cpus", 1, MAX_VCPUS),
-            disks=disks_of(config.seq("disks", MAX_DISKS), "state.config.disks")
-            if "disks" in config.value
-            else (),
-            nets=nets_of(config.seq("nets", MAX_DISKS), "state.config.nets")
-            if "nets" in config.value
-            else (),
-            rng="rng" in config.value and config.flag("rng"),
-        ),
+        config=config_from(config.value, config.where),
         host=HostInfo(
             vendor=host.text("vendor"),
             pvm=host.flag("pvm"),

@@ -75,16 +75,7 @@ def capture(vmm: Vmm, extra: dict[str, Any] | None = None) -> Snapshot:
     vcpus = vmm.on_vcpus(lambda vcpu: save_vcpu(vcpu, indices, size))
     c = vmm.config
     return Snapshot(
-        config=SavedConfig(
-            kernel=str(c.kernel),
-            initrd=None if c.initrd is None else str(c.initrd),
-            cmdline=c.cmdline,
-            memory=c.memory,
-            cpus=c.cpus,
-            disks=c.disks,
-            nets=c.nets,
-            rng=c.rng,
-        ),
+        config=SavedConfig.of(c),
         host=HostInfo(
             vendor=vendor(vcpus[0].cpuid),
             pvm=c.quirks.pvm,
