@@ -84,8 +84,9 @@ class DiskConfig:
         return cls(path, readonly, serial)
 
 
-def open_disk(disk: DiskConfig) -> tuple[int, int]:
-    """The disk's descriptor and size; UserError (one line) when it cannot be
+def open_disk(disk: DiskConfig) -> tuple[int, int, bool]:
+    """The disk's descriptor, size and whether it is a regular file (not a
+    block device); UserError (one line) when it cannot be
     one. The file is locked as QEMU does it: a writer alone, readers
     together (flock, held until the descriptor is closed)."""
     flags = (os.O_RDONLY if disk.readonly else os.O_RDWR) | os.O_CLOEXEC
@@ -112,7 +113,7 @@ def open_disk(disk: DiskConfig) -> tuple[int, int]:
     except BaseException:
         os.close(fd)
         raise
-    return fd, size
+    return fd, size, stat.S_ISREG(mode)
 
 
 class Block(VirtioBackend):
@@ -124,8 +125,7 @@ class Block(VirtioBackend):
 
     def __init__(self, disk: DiskConfig) -> None:
         self.disk = disk
-        self.fd, self.size = open_disk(disk)
-        self.regular = stat.S_ISREG(os.fstat(self.fd).st_mode)
+        self.fd, self.size, self.regular = open_disk(disk)
         #: For --stats.
         self.requests = self.errors = self.bytes_read = self.bytes_written = 0
 
