@@ -13,6 +13,8 @@ import pytest
 CAP_DAC_OVERRIDE = 1
 CAP_DAC_READ_SEARCH = 2
 PR_CAPBSET_DROP = 24  # <linux/prctl.h>
+#: How long a pyvmm that overran its time gets to end after SIGTERM.
+TERMINATE_GRACE = 10
 
 #: Runs the command line with the KVM device path replaced by argv[1].
 _WITH_KVM_DEVICE = (
@@ -48,19 +50,30 @@ def pyvmm(
     else:
         command = [sys.executable, "-c", _WITH_KVM_DEVICE, str(kvm_device)]
     as_root = os.geteuid() == 0
-    try:
-        return subprocess.run(
-            [*command, *map(str, args)],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            preexec_fn=_drop_file_permission_override
-            if obey_file_permissions and as_root
-            else None,
-        )
-    except subprocess.TimeoutExpired as e:  # say where the guest was
-        out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else e.stdout or ""
-        pytest.fail(f"pyvmm did not end within {timeout} s; its last output:\n{out[-3000:]}")
+    with subprocess.Popen(
+        [*command, *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_drop_file_permission_override if obey_file_permissions and as_root else None,
+    ) as process:
+        try:
+            out, err = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            # Ask it to end as a user would (SIGTERM), so what it says about
+            # itself (--stats, the last exits) comes out; then kill it.
+            process.terminate()
+            try:
+                out, err = process.communicate(timeout=TERMINATE_GRACE)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                out, err = process.communicate()
+            pytest.fail(
+                f"pyvmm did not end within {timeout} s; after SIGTERM its status was "
+                f"{process.returncode}; its last output:\n{out[-3000:]}\n"
+                f"its standard error:\n{err[-3000:]}"
+            )
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
 def one_line_error(r: subprocess.CompletedProcess[str], *fragments: str) -> None:
