@@ -30,6 +30,7 @@ from pyvmm.api_console import DEFAULT_TIMEOUT, ConsoleWaits, GuestExited, GuestT
 from pyvmm.console.session import ConsoleSession
 from pyvmm.console.text import ConsoleText
 from pyvmm.devices.virtio.blk import DiskConfig
+from pyvmm.devices.virtio.fs import ShareConfig
 from pyvmm.devices.virtio.net import NetConfig
 from pyvmm.errors import UserError
 from pyvmm.shell import RunResult
@@ -59,7 +60,9 @@ class Machine(ConsoleWaits):
     sends with :meth:`migrate`. ``disks``: files (or
     :class:`~pyvmm.devices.virtio.blk.DiskConfig` for read-only ones or a
     serial) the guest sees as vda, vdb, ...; ``nets``: ``"tap:NAME"`` or
-    ``"user"`` cards (eth0, ...), as ``--net``; ``rng``: a virtio-rng device."""
+    ``"user"`` cards (eth0, ...), as ``--net``; ``rng``: a virtio-rng device;
+    ``shares``: host directories the guest mounts, as ``--share``
+    (``"HOST_DIR[:GUEST_DIR][,ro]"``)."""
 
     def __init__(
         self,
@@ -81,6 +84,7 @@ class Machine(ConsoleWaits):
         disks: Sequence[str | os.PathLike[str] | DiskConfig] = (),
         nets: Sequence[str] = (),
         rng: bool = False,
+        shares: Sequence[str] = (),
     ) -> None:
         self._restore = Path(restore) if restore is not None else None
         self._incoming = incoming
@@ -99,11 +103,13 @@ class Machine(ConsoleWaits):
             config = launch.make_config(kernel, initrd, cmdline, memory or "512M", cpus or 1, guest)
         config.trace = config.trace or parse_trace(trace)
         config.stats = config.stats or stats
-        if disks or nets or rng:
+        if disks or nets or rng or shares:
             if incoming is not None or self._restore is not None:
                 raise UserError(
-                    "disks, nets and rng: a restored or incoming guest keeps its own devices"
+                    "disks, nets, rng and shares: a restored or incoming guest keeps its own "
+                    "devices"
                 )
+            config.shares = tuple(ShareConfig.parse(s, i) for i, s in enumerate(shares))
             config.disks = tuple(
                 d if isinstance(d, DiskConfig) else DiskConfig(os.fspath(d)) for d in disks
             )

@@ -86,6 +86,14 @@ def _parser() -> argparse.ArgumentParser:
         "--rng", action="store_true", help="a virtio-rng device: entropy from the host (/dev/hwrng)"
     )
     run.add_argument(
+        "--share",
+        action="append",
+        default=[],
+        metavar="HOST_DIR[:GUEST_DIR][,ro]",
+        help="a host directory the guest mounts (virtio-fs; at the same path unless "
+        "GUEST_DIR is given; repeatable)",
+    )
+    run.add_argument(
         "--reboot",
         default="exit",
         choices=("exit", "restart"),
@@ -124,6 +132,15 @@ def _parser() -> argparse.ArgumentParser:
         metavar="unix:PATH|tcp:HOST:PORT",
         help="wait there for a guest another pyvmm migrates, instead of booting",
     )
+    cmd = run.add_argument_group("with -- CMD [ARGS...]: run that command in the guest")
+    cmd.add_argument(
+        "--timeout", type=float, metavar="SECONDS", help="end it after this long: status 124"
+    )
+    cmd.add_argument(
+        "--verbose", action="store_true", help="show the guest's console on standard error"
+    )
+    cmd.add_argument("--no-share", action="store_true", help="do not share the current directory")
+    cmd.add_argument("--cwd", metavar="DIR", help="the command's directory in the guest")
     run.add_argument(
         "--control",
         metavar="unix:PATH",
@@ -205,11 +222,14 @@ def _run(args: argparse.Namespace) -> int:
     from pyvmm import launch
     from pyvmm.console import backends
     from pyvmm.devices.virtio.blk import DiskConfig
+    from pyvmm.devices.virtio.fs import ShareConfig
     from pyvmm.devices.virtio.net import NetConfig
     from pyvmm.run import Restore, run_machine
     from pyvmm.vmm.config import MachineConfig, parse_trace
     from pyvmm.vmm.ending import Ending
 
+    if args.timeout is not None or args.verbose or args.no_share or args.cwd is not None:
+        raise UserError("--timeout, --verbose, --no-share and --cwd go with '-- CMD'")
     trace = parse_trace(args.trace)
     plan = _snapshot_plan(args)
     control = _control_path(args.control)
@@ -247,11 +267,13 @@ def _run(args: argparse.Namespace) -> int:
             args.guest, announce=True,
         )  # fmt: skip
     config.debug, config.trace, config.stats = args.debug, trace, args.stats
-    if args.disk or args.net or args.rng:
+    if args.disk or args.net or args.rng or args.share:
         if restore is not None or incoming is not None:
             raise UserError(
-                "--disk, --net and --rng: a restored or incoming guest keeps its own devices"
+                "--disk, --net, --rng and --share: a restored or incoming guest keeps its own "
+                "devices"
             )
+        config.shares = tuple(ShareConfig.parse(s, i) for i, s in enumerate(args.share))
         config.disks = tuple(DiskConfig.parse(d) for d in args.disk)
         config.nets = tuple(NetConfig.parse(n, i) for i, n in enumerate(args.net))
         config.rng = args.rng
@@ -278,8 +300,19 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    command = None
+    if "--" in words:  # pyvmm run [OPTIONS] -- CMD [ARGS...]: all after it is the command's
+        at = words.index("--")
+        words, command = words[:at], words[at + 1 :]
+    args = _parser().parse_args(words)
     try:
+        if command is not None:
+            if args.command != "run":
+                raise UserError("'--' and a command go with pyvmm run")
+            from pyvmm.command import run_command
+
+            return run_command(args, command)
         if args.command == "images":
             return _images(args.which)
         if args.command == "inspect":

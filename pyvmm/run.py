@@ -8,6 +8,7 @@ import contextlib
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,12 +71,16 @@ class Incoming:
 SIGNAL_POLL_SECONDS = 0.2
 
 
-def _wait_for_signals(vmm: Vmm) -> Outcome:
+def _wait_for_signals(vmm: Vmm, timeout: float | None = None) -> Outcome:
     """Wait for the VM to end, waking now and then: the kernel may hand
     SIGTERM to any thread, and Python runs its handler only once the main
-    thread runs again, which a wait without end would never do."""
+    thread runs again, which a wait without end would never do. After
+    ``timeout`` seconds the VM ends as TIMEOUT."""
+    deadline = None if timeout is None else time.monotonic() + timeout
     while (ended := vmm.wait(SIGNAL_POLL_SECONDS)) is None:
-        pass
+        if deadline is not None and time.monotonic() >= deadline:
+            vmm.stop(Outcome(Ending.TIMEOUT, f"the guest did not finish within {timeout:g} s"))
+            deadline = None
     return ended
 
 
@@ -129,10 +134,14 @@ def run_machine(
     snapshot: SnapshotPlan | None = None,
     incoming: Incoming | None = None,
     control: Path | None = None,
+    on_console: Callable[[bytes], None] | None = None,
+    timeout: float | None = None,
 ) -> Outcome:
     """Boot the guest (or resume the snapshot ``restore``) with its console
     where ``spec`` says (standard input and output by default), run it to
-    the end, and put the terminal back however that end comes."""
+    the end, and put the terminal back however that end comes.
+    ``on_console`` sees everything the guest prints on it; after
+    ``timeout`` seconds the VM ends (TIMEOUT)."""
     spec = spec or backends.ConsoleSpec("stdio")
     session = ConsoleSession()
     saved_signals: dict[signal.Signals, Any] = {}
@@ -149,6 +158,8 @@ def run_machine(
 
             snapshotter = Snapshotter(vmm, snapshot, _stderr)
             session.add_listener(snapshotter.console)
+        if on_console is not None:
+            session.add_listener(on_console)
         com1 = vmm.com1
         assert com1 is not None
         session.attach(com1, com1.tx_ready)
@@ -158,6 +169,8 @@ def run_machine(
             session.add_stdout(
                 lambda: stopping(Outcome(Ending.HANGUP, "standard output was closed"))
             )
+        elif spec.kind == "stderr":  # pyvmm run --verbose -- CMD
+            session.add_stdout(lambda: None, fd=2)
         elif spec.kind == "file":
             assert spec.path is not None
             session.add_file(spec.path, append_log, protect)
@@ -203,7 +216,7 @@ def run_machine(
             assert spec.path is not None
             session.add_unix(spec.path)
         try:
-            ended = _wait_for_signals(vmm)
+            ended = _wait_for_signals(vmm, timeout)
         except KeyboardInterrupt:  # SIGINT without a terminal (raw mode passes Ctrl-C on)
             vmm.stop(Outcome(Ending.INTERRUPTED, "interrupted"))
             ended = _wait_for_signals(vmm)

@@ -52,14 +52,15 @@ class ConsoleSession:
 
     # -- output ----------------------------------------------------------
 
-    def add_stdout(self, on_closed: Callable[[], None]) -> None:
-        """Standard output; ``on_closed`` when its reader goes away (``| head``)."""
+    def add_stdout(self, on_closed: Callable[[], None], fd: int = 1) -> None:
+        """Standard output (or ``fd``: standard error); ``on_closed`` when its
+        reader goes away (``| head``)."""
 
         def failed(sink: Sink, error: OSError) -> None:
             self.output.remove(sink)
             on_closed()
 
-        self.output.add(Sink(1, "stdout", on_error=failed))
+        self.output.add(Sink(fd, "stdout" if fd == 1 else f"fd {fd}", on_error=failed))
 
     def add_file(self, path: Path, append: bool, protect: tuple[Path, ...] = ()) -> None:
         """A file (``--console file:``, ``--console-log``). A write that fails

@@ -60,7 +60,8 @@ KERNEL_BUILD_HEADERS = {"/usr/include/libelf.h": "libelf-dev"}
 #: Modules of the stock kernel that the default guest loads, dependencies
 #: first (paths under lib/modules/RELEASE/kernel/): pvpanic's ACPI device
 #: driver, without which a panicking guest hangs instead of telling pyvmm,
-#: and virtio-mmio with the block, network and entropy devices.
+#: and virtio-mmio with the block, network, entropy, console and file
+#: system (virtio-fs) devices.
 STOCK_MODULES = (
     "drivers/misc/pvpanic/pvpanic.ko",
     "drivers/misc/pvpanic/pvpanic-mmio.ko",
@@ -72,6 +73,9 @@ STOCK_MODULES = (
     "net/core/failover.ko",
     "drivers/net/net_failover.ko",
     "drivers/net/virtio_net.ko",
+    "drivers/char/virtio_console.ko",
+    "fs/fuse/fuse.ko",
+    "fs/fuse/virtiofs.ko",
 )
 
 

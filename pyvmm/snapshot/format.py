@@ -20,6 +20,7 @@ from typing import Any
 
 from pyvmm.arch.x86_64.state import IRQCHIPS, VCPU_STRUCTS, VcpuState, VmState
 from pyvmm.devices.virtio.blk import DiskConfig
+from pyvmm.devices.virtio.fs import ShareConfig
 from pyvmm.devices.virtio.net import NetConfig
 from pyvmm.errors import UserError
 from pyvmm.kvm import CpuidEntry
@@ -55,13 +56,15 @@ class SavedConfig:
     disks: tuple[DiskConfig, ...] = ()
     nets: tuple[NetConfig, ...] = ()
     rng: bool = False
+    #: Shared host directories: a restored guest serves the same ones.
+    shares: tuple[ShareConfig, ...] = ()
 
     @classmethod
     def of(cls, c: MachineConfig) -> SavedConfig:
         return cls(
             kernel=str(c.kernel), initrd=None if c.initrd is None else str(c.initrd),
             cmdline=c.cmdline, memory=c.memory, cpus=c.cpus, disks=c.disks, nets=c.nets,
-            rng=c.rng,
+            rng=c.rng, shares=c.shares,
         )  # fmt: skip
 
     def as_json(self) -> dict[str, Any]:
@@ -69,6 +72,7 @@ class SavedConfig:
             **vars(self),
             "disks": [vars(d) for d in self.disks],
             "nets": [vars(n) for n in self.nets],
+            "shares": [vars(s) for s in self.shares],
         }
 
 
@@ -98,7 +102,21 @@ def config_from(value: Any, where: str) -> SavedConfig:
         if "nets" in config.value
         else (),
         rng="rng" in config.value and config.flag("rng"),
+        shares=shares_of(config.seq("shares", MAX_DISKS), f"{where}.shares")
+        if "shares" in config.value
+        else (),
     )
+
+
+def shares_of(items: list[Any], where: str) -> tuple[ShareConfig, ...]:
+    """Shared directories saved by :meth:`SavedConfig.as_json`."""
+    out = []
+    for item in items:
+        doc = _Doc(item, where)
+        out.append(
+            ShareConfig(doc.text("host"), doc.text("guest"), doc.flag("readonly"), doc.text("tag"))
+        )
+    return tuple(out)
 
 
 def nets_of(items: list[Any], where: str) -> tuple[NetConfig, ...]:

@@ -40,6 +40,7 @@ def config_of(saved: SavedConfig) -> MachineConfig:
         disks=c.disks,
         nets=c.nets,
         rng=c.rng,
+        shares=c.shares,
         quirks=HostQuirks.detect(),
     )
 

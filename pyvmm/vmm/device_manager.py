@@ -22,7 +22,7 @@ from pyvmm.arch.x86_64 import layout
 from pyvmm.devices import acpi_pm, cmos, i8042, pvpanic, serial
 from pyvmm.devices.bus import Bus
 from pyvmm.devices.device import Allocation, DeviceModel, State
-from pyvmm.devices.virtio import blk, net, net_host, rng
+from pyvmm.devices.virtio import blk, console, fs, net, net_host, rng
 from pyvmm.devices.virtio.backend import VirtioBackend
 from pyvmm.devices.virtio.mmio import VirtioMmio
 from pyvmm.devices.virtio.trace import Tracer
@@ -186,8 +186,9 @@ def add_virtio_devices(
     trace: Callable[[str], None] | None = None,
 ) -> None:
     """A virtio-mmio device per disk (the guest's vda, vdb, ... in this
-    order), per network card (eth0, ...), then the entropy device; ``trace``
-    gets a line per request (``--trace virtio``). A disk or link that cannot
+    order), per network card (eth0, ...), then the entropy device, the
+    shares and a command's ports; ``trace`` gets a line per request
+    (``--trace virtio``). A disk or link that cannot
     be opened is a UserError; the devices placed before it close with the
     machine, one made but not placed is closed here."""
     added: list[VirtioMmio] = []
@@ -197,6 +198,9 @@ def add_virtio_devices(
     backends += [functools.partial(_card, n) for n in config.nets]
     if config.rng:
         backends.append(rng.Rng)
+    backends += [functools.partial(fs.Fs, s) for s in config.shares]
+    if config.command_io is not None:
+        backends.append(functools.partial(console.CommandPorts, *config.command_io))
     try:
         for make in backends:
             added.append(VirtioMmio(make(), memory))

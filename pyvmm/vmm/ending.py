@@ -27,6 +27,8 @@ class Ending(enum.Enum):
     QUIT = ("quit from the console", 0)
     #: ``pyvmm run --snapshot-then exit``: saved, then stopped.
     SNAPSHOT_EXIT = ("snapshot saved, guest stopped", 0)
+    #: ``pyvmm run --timeout``: the command ran out of time (as timeout(1)).
+    TIMEOUT = ("timed out", 124)
     #: Signals: the usual 128 + signal number; a console whose reader went
     #: away ends the VM as a hang-up would.
     HANGUP = ("hung up (SIGHUP)", 128 + signal.SIGHUP)

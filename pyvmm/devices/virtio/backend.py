@@ -31,13 +31,19 @@ F_VERSION_1 = 1 << 32
 class Kick:
     """How a backend reaches its transport: ``interrupt(queue)`` after
     pushing used chains; ``failed(why)`` when the driver broke the rules;
-    ``note(text)``, when set (``--trace virtio``), for each request served."""
+    ``queues``, all of the device's queues (a device that answers on one
+    queue what came on another); ``note(text)``, when set (``--trace
+    virtio``), for each request served."""
 
     def __init__(
-        self, interrupt: Callable[[SplitQueue], None], failed: Callable[[str], None]
+        self,
+        interrupt: Callable[[SplitQueue], None],
+        failed: Callable[[str], None],
+        queues: list[SplitQueue] | None = None,
     ) -> None:
         self.interrupt = interrupt
         self.failed = failed
+        self.queues = queues or []
         self.note: Callable[[str], None] | None = None
 
 

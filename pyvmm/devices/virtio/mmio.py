@@ -91,7 +91,7 @@ class VirtioMmio(DeviceModel):
         self.name = backend.name
         self.memory = memory
         self.queues = [SplitQueue(i, size) for i, size in enumerate(backend.queue_sizes)]
-        backend.kick = Kick(self._used, self._fail)
+        backend.kick = Kick(self._used, self._fail, self.queues)
         #: Set once KVM signals QueueNotify by eventfd (the I/O thread serves it).
         self.uses_ioeventfd = False
         #: Set to raise the interrupt through KVM_IRQFD instead of KVM_IRQ_LINE.

@@ -1,0 +1,130 @@
+"""``pyvmm run [OPTIONS] -- CMD [ARGS...]``: one command in a guest, as a
+test runner wants it.
+
+The command runs in the default guest (or ``--kernel`` with the default
+initramfs) with its arguments exactly as given: they travel base64-encoded
+on the kernel command line (``pyvmm.cmd64``) as one shell-quoted line that
+the guest's /init hands to ``sh -c``, which only unquotes it. Its standard
+input, output and error are three virtio-console ports
+(:mod:`pyvmm.devices.virtio.console`) on pyvmm's own, so they stay apart
+and every byte passes unchanged; the serial console, with the kernel's
+messages, is shown only with ``--verbose`` (on standard error) or kept in
+``--console-log``. The current directory is shared with the guest at the
+same path (virtio-fs) and is the command's working directory, unless
+``--no-share`` or ``--cwd`` say otherwise.
+
+pyvmm exits with the command's status, which /init reports on the serial
+console (``--- pyvmm.cmd end: status N ---``; 128+N for a signal, as the
+shell has it); a guest that fails keeps its own status (7 for a kernel
+panic, ...); ``--timeout`` ends it with 124 and the console's last lines on
+standard error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import re
+import shlex
+import sys
+from collections import deque
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pyvmm.errors import UserError
+
+if TYPE_CHECKING:
+    from pyvmm.vmm.config import MachineConfig
+
+#: The status line /init prints once the command has ended.
+STATUS_LINE = re.compile(rb"^--- pyvmm\.cmd end: status (\d+) ---\r?$")
+#: Console lines kept for a timeout's report.
+KEPT_LINES = 20
+#: pyvmm's own status when the guest ended without reporting the command's.
+NO_STATUS = 1
+
+
+class CommandWatch:
+    """Sees the serial console: the command's status, and the last lines."""
+
+    def __init__(self) -> None:
+        self.status: int | None = None
+        self.lines: deque[str] = deque(maxlen=KEPT_LINES)
+        self._partial = bytearray()
+
+    def __call__(self, data: bytes) -> None:
+        self._partial += data
+        *complete, rest = self._partial.split(b"\n")
+        self._partial = bytearray(rest[-4096:])
+        for line in complete:
+            if (m := STATUS_LINE.match(line)) is not None:
+                self.status = int(m.group(1))
+            self.lines.append(line.decode(errors="replace").rstrip("\r"))
+
+
+def script(command: list[str], cwd: str) -> str:
+    """What /init runs: into ``cwd``, then the command with its arguments."""
+    return f"cd {shlex.quote(cwd)} || exit 126\nexec {shlex.join(command)}\n"
+
+
+def run_command(args: argparse.Namespace, command: list[str]) -> int:
+    from pyvmm import launch
+    from pyvmm.console.backends import ConsoleSpec
+    from pyvmm.devices.virtio.fs import ShareConfig
+    from pyvmm.run import run_machine
+    from pyvmm.vmm.ending import Ending
+
+    if not command:
+        raise UserError("nothing to run after '--': pyvmm run [OPTIONS] -- CMD [ARGS...]")
+    for option in ("restore", "incoming", "snapshot", "control"):
+        if getattr(args, option) is not None:
+            raise UserError(f"--{option} does not go with '--': a command runs in a fresh guest")
+    shares = [ShareConfig.parse(s, i) for i, s in enumerate(args.share)]
+    cwd = args.cwd
+    if not args.no_share:
+        here = os.getcwd()
+        if not any(s.host == os.path.realpath(here) for s in shares):
+            shares.append(ShareConfig.parse(here, len(shares)))
+        cwd = cwd or here
+    if cwd is not None and not cwd.startswith("/"):
+        raise UserError(f"--cwd {cwd}: not an absolute path")
+    initrd = args.initrd
+    if args.kernel is not None and initrd is None:
+        from pyvmm.images import default
+
+        initrd = default.initramfs_image()
+    encoded = base64.b64encode(script(command, cwd or "/").encode()).decode()
+    config = launch.make_config(
+        args.kernel, initrd, f"{args.cmdline} pyvmm.run pyvmm.cmd64={encoded}".strip(),
+        args.memory or "512M", args.cpus or 1, args.guest, announce=args.verbose,
+    )  # fmt: skip
+    config.debug, config.stats = args.debug, args.stats
+    config.shares = tuple(shares)
+    config.command_io = (0, 1, 2)
+    _devices(args, config)
+    watch = CommandWatch()
+    spec = ConsoleSpec("stderr" if args.verbose else "none")
+    log = Path(args.console_log) if args.console_log else None
+    outcome = run_machine(config, spec, log, on_console=watch, timeout=args.timeout)
+    if outcome.ending is Ending.TIMEOUT:
+        last = "\n".join(f"  {line}" for line in watch.lines)
+        print(f"pyvmm: {outcome.message}; the console's last lines:\n{last}", file=sys.stderr)
+        return outcome.status
+    if outcome.ending in (Ending.POWEROFF, Ending.RESET) and watch.status is not None:
+        return watch.status
+    if outcome.status == 0:
+        print("pyvmm: the guest ended without the command's status", file=sys.stderr)
+        return NO_STATUS
+    print(f"pyvmm: {outcome.message}", file=sys.stderr)
+    return outcome.status
+
+
+def _devices(args: argparse.Namespace, config: MachineConfig) -> None:
+    """--disk, --net and --rng, as for any run."""
+    from pyvmm.devices.virtio.blk import DiskConfig
+    from pyvmm.devices.virtio.net import NetConfig
+
+    config.disks = tuple(DiskConfig.parse(d) for d in args.disk)
+    config.nets = tuple(NetConfig.parse(n, i) for i, n in enumerate(args.net))
+    config.rng = args.rng
