@@ -13,6 +13,14 @@ messages, is shown only with ``--verbose`` (on standard error) or kept in
 same path (virtio-fs) and is the command's working directory, unless
 ``--no-share`` or ``--cwd`` say otherwise.
 
+A first run boots the default guest with its /init waiting for a command
+on the ``pyvmm.control`` port, and snapshots it there (in the image cache,
+with a progress line); every later run restores that snapshot, binds the
+snapshot's virtio-fs devices (room for :data:`SNAPSHOT_SHARES`) to the
+shares asked for, and sends the command with the words that mount them.
+Options that change the guest itself (``--kernel``, ``--initrd``,
+``--cmdline``, disks, network cards, entropy) boot it afresh instead.
+
 pyvmm exits with the command's status, which /init reports on the serial
 console (``--- pyvmm.cmd end: status N ---``; 128+N for a signal, as the
 shell has it); a guest that fails keeps its own status (7 for a kernel
@@ -24,18 +32,18 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import os
 import re
 import shlex
 import sys
 from collections import deque
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from pyvmm.devices.virtio.console import CommandIO
+from pyvmm.devices.virtio.fs import ShareConfig
 from pyvmm.errors import UserError
-
-if TYPE_CHECKING:
-    from pyvmm.vmm.config import MachineConfig
+from pyvmm.vmm.config import MachineConfig
 
 #: The status line /init prints once the command has ended.
 STATUS_LINE = re.compile(rb"^--- pyvmm\.cmd end: status (\d+) ---\r?$")
@@ -43,6 +51,10 @@ STATUS_LINE = re.compile(rb"^--- pyvmm\.cmd end: status (\d+) ---\r?$")
 KEPT_LINES = 20
 #: pyvmm's own status when the guest ended without reporting the command's.
 NO_STATUS = 1
+#: Shares a snapshot for commands has devices for.
+SNAPSHOT_SHARES = 4
+#: What /init prints where the snapshot is taken.
+WAITING = "pyvmm guest: waiting for a command"
 
 
 class CommandWatch:
@@ -71,8 +83,7 @@ def script(command: list[str], cwd: str) -> str:
 def run_command(args: argparse.Namespace, command: list[str]) -> int:
     from pyvmm import launch
     from pyvmm.console.backends import ConsoleSpec
-    from pyvmm.devices.virtio.fs import ShareConfig
-    from pyvmm.run import run_machine
+    from pyvmm.run import Restore, run_machine
     from pyvmm.vmm.ending import Ending
 
     if not command:
@@ -95,18 +106,28 @@ def run_command(args: argparse.Namespace, command: list[str]) -> int:
 
         initrd = default.initramfs_image()
     encoded = base64.b64encode(script(command, cwd or "/").encode()).decode()
-    config = launch.make_config(
-        args.kernel, initrd, f"{args.cmdline} pyvmm.run pyvmm.cmd64={encoded}".strip(),
-        args.memory or "512M", args.cpus or 1, args.guest, announce=args.verbose,
-    )  # fmt: skip
-    config.debug, config.stats = args.debug, args.stats
-    config.shares = tuple(shares)
-    config.command_io = (0, 1, 2)
-    _devices(args, config)
+    words = f"pyvmm.run pyvmm.cmd64={encoded}"
     watch = CommandWatch()
     spec = ConsoleSpec("stderr" if args.verbose else "none")
     log = Path(args.console_log) if args.console_log else None
-    outcome = run_machine(config, spec, log, on_console=watch, timeout=args.timeout)
+    fresh = args.kernel or args.initrd or args.cmdline or args.disk or args.net or args.rng
+    if not fresh and len(shares) <= SNAPSHOT_SHARES:
+        line = " ".join([*(s.word() for s in shares), words]) + "\n"
+        restore = Restore(_snapshot(args), adjust=functools.partial(_bind, shares, line.encode()))
+        config = MachineConfig(kernel="", debug=args.debug, stats=args.stats)
+        outcome = run_machine(
+            config, spec, log, restore=restore, on_console=watch, timeout=args.timeout
+        )
+    else:
+        config = launch.make_config(
+            args.kernel, initrd, f"{args.cmdline} {words}".strip(), args.memory or "512M",
+            args.cpus or 1, args.guest, announce=args.verbose,
+        )  # fmt: skip
+        config.debug, config.stats = args.debug, args.stats
+        config.shares = tuple(shares)
+        config.command = CommandIO(0, 1, 2)
+        _devices(args, config)
+        outcome = run_machine(config, spec, log, on_console=watch, timeout=args.timeout)
     if outcome.ending is Ending.TIMEOUT:
         last = "\n".join(f"  {line}" for line in watch.lines)
         print(f"pyvmm: {outcome.message}; the console's last lines:\n{last}", file=sys.stderr)
@@ -118,6 +139,33 @@ def run_command(args: argparse.Namespace, command: list[str]) -> int:
         return NO_STATUS
     print(f"pyvmm: {outcome.message}", file=sys.stderr)
     return outcome.status
+
+
+def _snapshot(args: argparse.Namespace) -> Path:
+    """The cached snapshot of the default guest waiting for a command, made
+    by booting it once if there is none."""
+    from pyvmm import launch, snapshot_cache
+    from pyvmm.images.cache import cache_dir
+
+    config = launch.make_config(
+        None, None, "pyvmm.run pyvmm.wait", args.memory or "512M", args.cpus or 1, args.guest
+    )
+    empty = cache_dir() / "empty-share"
+    empty.mkdir(parents=True, exist_ok=True)
+    config.shares = tuple(
+        ShareConfig(str(empty), "", True, f"pyvmm{i}") for i in range(SNAPSHOT_SHARES)
+    )
+    config.command = CommandIO(None, 1, 2)  # nothing is written before the snapshot
+    return snapshot_cache.default_snapshot(config, ready=WAITING)
+
+
+def _bind(shares: list[ShareConfig], line: bytes, config: MachineConfig) -> None:
+    """The restored guest's devices on this run's side: its first shares
+    serve the directories asked for, its ports carry this command."""
+    config.shares = tuple(
+        shares[i] if i < len(shares) else saved for i, saved in enumerate(config.shares)
+    )
+    config.command = CommandIO(0, 1, 2, line)
 
 
 def _devices(args: argparse.Namespace, config: MachineConfig) -> None:

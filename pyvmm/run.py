@@ -56,6 +56,8 @@ class Restore:
     memory: int | None = None
     cpus: int | None = None
     kernel: str | None = None
+    #: Changes to the host's side of the devices (see build_from_snapshot).
+    adjust: Callable[[MachineConfig], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,7 @@ def _build(
 
     vmm = restoring.build_from_snapshot(
         restore.path, session.port(), _stderr, restore.memory, restore.cpus,
-        config.trace, config.stats, config.debug,
+        config.trace, config.stats, config.debug, restore.adjust,
     )  # fmt: skip
     if (
         restore.kernel is not None

@@ -50,6 +50,7 @@ def key(config: MachineConfig) -> str:
                     h.update(chunk)
         h.update(b"\0")
     h.update(f"{config.cmdline}\0{config.memory}\0{config.cpus}\0".encode())
+    h.update(f"{len(config.shares)} shares\0{config.command is not None}\0".encode())
     h.update(f"{shell.PREPARE}\0".encode())  # the shell as the snapshot keeps it
     h.update(_host())
     return h.hexdigest()[:16]
@@ -74,10 +75,13 @@ def _usable(path: Path) -> bool:
     return True
 
 
-def default_snapshot(config: MachineConfig, folder: Path | None = None) -> Path:
-    """The cached snapshot of ``config``'s guest with its shell ready,
-    booting it once if there is none (or it is damaged). ``folder``: where
-    snapshots are kept (default: the cache's ``snapshots``)."""
+def default_snapshot(
+    config: MachineConfig, folder: Path | None = None, ready: str | None = None
+) -> Path:
+    """The cached snapshot of ``config``'s guest with its shell ready (or,
+    given ``ready``, once its console prints that), booting it once if there
+    is none (or it is damaged). ``folder``: where snapshots are kept
+    (default: the cache's ``snapshots``)."""
     from pyvmm.api import Machine
 
     folder = folder or cache_dir() / "snapshots"
@@ -89,9 +93,12 @@ def default_snapshot(config: MachineConfig, folder: Path | None = None) -> Path:
         if _usable(path):  # another process made it while we waited
             return path
         store.remove(path)
-        progress(f"booting the guest once for the snapshot tests start from ({path})")
+        progress(f"booting the guest once for the snapshot runs start from ({path})")
         with Machine(config) as machine:
             machine.start()
-            machine.wait_ready(BOOT_TIMEOUT)
+            if ready is None:
+                machine.wait_ready(BOOT_TIMEOUT)
+            else:
+                machine.wait_for(ready, BOOT_TIMEOUT)
             machine.snapshot(path)
     return path

@@ -58,13 +58,15 @@ class SavedConfig:
     rng: bool = False
     #: Shared host directories: a restored guest serves the same ones.
     shares: tuple[ShareConfig, ...] = ()
+    #: Whether it has the ports of ``pyvmm run -- CMD``.
+    command: bool = False
 
     @classmethod
     def of(cls, c: MachineConfig) -> SavedConfig:
         return cls(
             kernel=str(c.kernel), initrd=None if c.initrd is None else str(c.initrd),
             cmdline=c.cmdline, memory=c.memory, cpus=c.cpus, disks=c.disks, nets=c.nets,
-            rng=c.rng, shares=c.shares,
+            rng=c.rng, shares=c.shares, command=c.command is not None,
         )  # fmt: skip
 
     def as_json(self) -> dict[str, Any]:
@@ -105,6 +107,7 @@ def config_from(value: Any, where: str) -> SavedConfig:
         shares=shares_of(config.seq("shares", MAX_DISKS), f"{where}.shares")
         if "shares" in config.value
         else (),
+        command="command" in config.value and config.flag("command"),
     )
 
 

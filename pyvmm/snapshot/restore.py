@@ -19,6 +19,7 @@ from pathlib import Path
 
 from pyvmm.arch.x86_64 import cpuid
 from pyvmm.arch.x86_64.state import restore_clock, restore_vcpu, restore_vm
+from pyvmm.devices.virtio.console import CommandIO
 from pyvmm.kvm import KvmError
 from pyvmm.snapshot import store
 from pyvmm.snapshot.format import HostInfo, SavedConfig, Snapshot, SnapshotError
@@ -41,6 +42,8 @@ def config_of(saved: SavedConfig) -> MachineConfig:
         nets=c.nets,
         rng=c.rng,
         shares=c.shares,
+        # A restored command's streams are pyvmm's (pyvmm run -- CMD sets its own).
+        command=CommandIO(None, 1, 2) if c.command else None,
         quirks=HostQuirks.detect(),
     )
 
@@ -101,17 +104,22 @@ def build_from_snapshot(
     trace_kinds: tuple[str, ...] = (),
     stats: bool = False,
     debug: bool = False,
+    adjust: Callable[[MachineConfig], None] | None = None,
 ) -> Vmm:
     """A machine ready to resume the snapshot at ``path``; raises
     SnapshotError (a UserError) for a snapshot it cannot use, having
     released whatever it had made. ``memory``/``cpus``: what the caller
-    asked for, which must be what the snapshot has."""
+    asked for, which must be what the snapshot has. ``adjust`` may change
+    the host's side of the devices before they are made (which directory a
+    share serves, where a command's streams go), never what the guest sees."""
     path = Path(path)
     trace = boot_trace.BootTrace(trace_out if "boot" in trace_kinds else None)
     snap = store.load(path)
     check_wanted(snap, path, memory, cpus)
     config = config_of(snap.config)
     config.trace, config.stats, config.debug = trace_kinds, stats, debug
+    if adjust is not None:
+        adjust(config)
     if trace:
         trace.step(
             f"read the snapshot {path} (snapshot.store.load)", boot_trace.snapshot_lines(snap)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from pyvmm.arch.x86_64 import pvm
 from pyvmm.devices.virtio.blk import DiskConfig
+from pyvmm.devices.virtio.console import CommandIO
 from pyvmm.devices.virtio.fs import ShareConfig
 from pyvmm.devices.virtio.net import NetConfig
 from pyvmm.errors import UserError
@@ -97,9 +98,9 @@ class MachineConfig:
     rng: bool = False
     #: Host directories shared with the guest (``--share``), virtio-fs.
     shares: tuple[ShareConfig, ...] = ()
-    #: ``pyvmm run -- CMD``: the host descriptors of the command's standard
-    #: input (None: none), output and error, as virtio-console ports.
-    command_io: tuple[int | None, int, int] | None = None
+    #: ``pyvmm run -- CMD``: where the command's streams go on the host
+    #: (virtio-console ports).
+    command: CommandIO | None = None
     quirks: HostQuirks = field(default_factory=HostQuirks.detect)
 
     def check(self) -> None:

@@ -199,8 +199,8 @@ def add_virtio_devices(
     if config.rng:
         backends.append(rng.Rng)
     backends += [functools.partial(fs.Fs, s) for s in config.shares]
-    if config.command_io is not None:
-        backends.append(functools.partial(console.CommandPorts, *config.command_io))
+    if config.command is not None:
+        backends.append(functools.partial(console.CommandPorts, config.command))
     try:
         for make in backends:
             added.append(VirtioMmio(make(), memory))

@@ -1,33 +1,37 @@
 """virtio-console with several ports (virtio 1.2, section 5.3): the channels
 of a command that ``pyvmm run -- CMD`` runs in the guest.
 
-Three ports, each a character device in the guest (/dev/vportNpM, named in
+Four ports, each a character device in the guest (/dev/vportNpM, named in
 /sys/class/virtio-ports/*/name): ``pyvmm.stdin`` carries pyvmm's standard
 input to the command, ``pyvmm.stdout`` and ``pyvmm.stderr`` its output to
-pyvmm's. No terminal sits in between, so every byte passes as it is, and
-the two outputs never mix.
+pyvmm's, and ``pyvmm.control`` carries one line: the command, to a guest
+restored from a snapshot in which /init waits for it. No terminal sits in
+between, so every byte passes as it is, and the two outputs never mix.
 
 Queues: port 0's receive and transmit queues (0, 1), the control queues
 (2: to the driver, 3: from it), then two per further port (4, 5 for
 port 1, ...). The control protocol (5.3.6.2): the driver says
 DEVICE_READY; the device announces each port (DEVICE_ADD); the driver
-answers PORT_READY; the device names it (PORT_NAME) and says whether the
-host end is open (PORT_OPEN). When pyvmm's standard input ends, the device
-closes the host end of ``pyvmm.stdin`` and the command reads end-of-file.
-Linux drops input that arrives at a port nobody in the guest has open, so
-input waits until the guest opens ``pyvmm.stdin``.
+answers PORT_READY; the device names it (PORT_NAME) and says the host end
+is open (PORT_OPEN). When pyvmm's standard input ends, the device closes
+the host end of ``pyvmm.stdin`` and the command reads end-of-file. Linux
+drops input that arrives at a port nobody in the guest has open, so input
+waits until the guest opens it.
 
-Output goes to pyvmm's descriptors as the guest writes it; the guest's
-write returns once pyvmm has taken the bytes, so everything the command
-wrote is out before its exit status is reported.
+Output goes to pyvmm's descriptors as the guest writes it; Linux's write
+returns once the device has taken the bytes, so everything the command
+wrote is out before /init reports its exit status.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import struct
 import threading
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 from pyvmm.devices.virtio.backend import VirtioBackend
@@ -42,10 +46,11 @@ _CONTROL = struct.Struct("<IHH")
 DEVICE_READY, DEVICE_ADD, PORT_READY, PORT_OPEN, PORT_NAME = 0, 1, 3, 6, 7
 CONTROL_RX, CONTROL_TX = 2, 3
 
-PORT_NAMES = ("pyvmm.stdin", "pyvmm.stdout", "pyvmm.stderr")
-STDIN, STDOUT, STDERR = 0, 1, 2
-#: Most input read from the host at a time.
+PORT_NAMES = ("pyvmm.stdin", "pyvmm.stdout", "pyvmm.stderr", "pyvmm.control")
+STDIN, STDOUT, STDERR, CONTROL = 0, 1, 2, 3
+#: Input read from the host at a time, and most held for the guest.
 READ_CHUNK = 4096
+INPUT_HELD = 64 * 1024
 
 
 def rx_queue(port: int) -> int:
@@ -58,33 +63,46 @@ def tx_queue(port: int) -> int:
     return rx_queue(port) + 1
 
 
+@dataclass(frozen=True)
+class CommandIO:
+    """Where a command's streams go on the host: ``stdin`` (None: the
+    command reads end-of-file), ``stdout``, ``stderr``; ``control``: the
+    line for ``pyvmm.control`` (empty: none)."""
+
+    stdin: int | None
+    stdout: int
+    stderr: int
+    control: bytes = b""
+
+
 class CommandPorts(VirtioBackend):
-    """The three ports, on host descriptors: ``stdin`` (None: the command
-    reads end-of-file at once), ``stdout`` and ``stderr``. Output that its
+    """The four ports on the host descriptors ``io`` names. Output that its
     descriptor no longer takes (a closed pipe) is dropped and counted."""
 
     name = "virtio-console"
     device_id = ID_CONSOLE
     queue_sizes = (64,) * (2 * (len(PORT_NAMES) + 1))
 
-    def __init__(self, stdin: int | None, stdout: int, stderr: int) -> None:
-        self._out = {STDOUT: stdout, STDERR: stderr}
+    def __init__(self, io: CommandIO) -> None:
+        self._out = {STDOUT: io.stdout, STDERR: io.stderr}
         self._control: deque[bytes] = deque()
         self._guest_open = [False] * len(PORT_NAMES)
-        self._pending_in = b""
-        self.input_ended = stdin is None
+        self._cond = threading.Condition()
+        self._input = bytearray()
+        self._input_ended = io.stdin is None
         self._eof_sent = False
+        self._line = io.control
         self.bytes_in = 0
         self.bytes_out = {STDOUT: 0, STDERR: 0}
         self.dropped = 0
-        # Standard input may be a file or /dev/null, which epoll cannot
-        # watch: a thread copies it into a pipe, which it can.
-        self._pipe_r: int | None = None
-        if stdin is not None:
-            self._pipe_r, pipe_w = os.pipe2(os.O_CLOEXEC)
-            os.set_blocking(self._pipe_r, False)
+        # The I/O thread watches this eventfd: standard input arrived (a
+        # thread reads it, since a file or /dev/null cannot be polled) or a
+        # control line waits.
+        self._wake = os.eventfd(1, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._closed = False
+        if io.stdin is not None:
             threading.Thread(
-                target=_copy, args=(stdin, pipe_w), name="pyvmm-stdin", daemon=True
+                target=self._copy_input, args=(io.stdin,), name="pyvmm-stdin", daemon=True
             ).start()
 
     def features(self) -> int:
@@ -98,50 +116,72 @@ class CommandPorts(VirtioBackend):
         self._guest_open = [False] * len(PORT_NAMES)
 
     def host_fd(self) -> int | None:
-        return self._pipe_r
+        return self._wake
 
     def process(self, queue: SplitQueue) -> None:
-        if queue.index == CONTROL_TX:
-            while (chain := queue.pop()) is not None:
+        port = next((p for p in range(len(PORT_NAMES)) if tx_queue(p) == queue.index), None)
+        while (queue.index == CONTROL_TX or port is not None) and (chain := queue.pop()):
+            if queue.index == CONTROL_TX:
                 self._from_driver(chain.read(0, _CONTROL.size))
-                queue.push(chain.head, 0)
-                self.kick.interrupt(queue)
-        elif queue.index in (tx_queue(STDOUT), tx_queue(STDERR)):
-            port = STDOUT if queue.index == tx_queue(STDOUT) else STDERR
-            while (chain := queue.pop()) is not None:
+            elif port in (STDOUT, STDERR):
                 self._write(port, chain.read())
-                queue.push(chain.head, 0)
-                self.kick.interrupt(queue)
-        elif queue.index == tx_queue(STDIN):  # the guest wrote to its input: ignored
-            while (chain := queue.pop()) is not None:
-                queue.push(chain.head, 0)
-                self.kick.interrupt(queue)
-        self._flush_control(self.kick.queues)
+            queue.push(chain.head, 0)  # (what the guest writes to its input is ignored)
+            self.kick.interrupt(queue)
+        self._flush_control()
 
     def host_ready(self, queues: list[SplitQueue]) -> bool:
-        """Input is readable (or ended): pass it on while the guest has the
-        port open and buffers posted; False until the driver's next notice."""
-        if self._eof_sent or not self._guest_open[STDIN] or self._pipe_r is None:
-            return False
-        if not self._pending_in:
-            try:
-                self._pending_in = os.read(self._pipe_r, READ_CHUNK)
-            except BlockingIOError:
-                return True
-            if not self._pending_in:
-                self.input_ended = True
+        """Input or the control line waits: pass them on while the guest has
+        the port open and buffers posted. False (the eventfd left set): wait
+        for the driver's next notice."""
+        with contextlib.suppress(BlockingIOError):
+            os.eventfd_read(self._wake)
+        if self._line and self._guest_open[CONTROL]:
+            self._line = self._give(queues[rx_queue(CONTROL)], self._line)
+        with self._cond:
+            if self._input and self._guest_open[STDIN]:
+                rest = self._give(queues[rx_queue(STDIN)], bytes(self._input))
+                self.bytes_in += len(self._input) - len(rest)
+                self._input = bytearray(rest)
+                self._cond.notify()
+            if not self._input and self._input_ended and not self._eof_sent:
                 self._send_control(STDIN, PORT_OPEN, 0)
                 self._eof_sent = True
-                self._flush_control(queues)
-                return False
-        rx = queues[rx_queue(STDIN)]
-        while self._pending_in and (chain := rx.pop()) is not None:
-            n = chain.write(self._pending_in)
-            self._pending_in = self._pending_in[n:]
-            self.bytes_in += n
+            waiting = bool(self._line or self._input)
+        self._flush_control()
+        if waiting:
+            self._signal()
+        return not waiting
+
+    def _give(self, rx: SplitQueue, data: bytes) -> bytes:
+        """As much of ``data`` as the posted buffers take; returns the rest."""
+        while data and (chain := rx.pop()) is not None:
+            n = chain.write(data)
+            data = data[n:]
             rx.push(chain.head, n)
             self.kick.interrupt(rx)
-        return not self._pending_in
+        return data
+
+    def _copy_input(self, source: int) -> None:
+        """Standard input into the buffer the I/O thread empties."""
+        try:
+            while data := os.read(source, READ_CHUNK):
+                with self._cond:
+                    while len(self._input) >= INPUT_HELD:
+                        self._cond.wait()
+                    self._input += data
+                self._signal()
+        except OSError:
+            pass
+        with self._cond:
+            self._input_ended = True
+        self._signal()
+
+    def _signal(self) -> None:
+        """Wake the I/O thread, unless the device is closed (its eventfd's
+        number may by then be another descriptor's)."""
+        with self._cond:
+            if not self._closed:
+                os.eventfd_write(self._wake, 1)
 
     def _from_driver(self, raw: bytes) -> None:
         if len(raw) < _CONTROL.size:
@@ -152,21 +192,19 @@ class CommandPorts(VirtioBackend):
                 self._send_control(p, DEVICE_ADD, 0)
         elif event == PORT_READY and value == 1 and port < len(PORT_NAMES):
             self._send_control(port, PORT_NAME, 0, PORT_NAMES[port].encode())
-            host_open = port != STDIN or not self._eof_sent
-            self._send_control(port, PORT_OPEN, int(host_open))
+            self._send_control(port, PORT_OPEN, int(port != STDIN or not self._eof_sent))
         elif event == PORT_OPEN and port < len(PORT_NAMES):
             self._guest_open[port] = bool(value)
-            if port == STDIN and value and self.input_ended and self._pipe_r is None:
-                self._send_control(STDIN, PORT_OPEN, 0)  # no input at all
-                self._eof_sent = True
+            if value:
+                self._signal()  # what waited for it can go
 
     def _send_control(self, port: int, event: int, value: int, extra: bytes = b"") -> None:
         self._control.append(_CONTROL.pack(port, event, value) + extra)
 
-    def _flush_control(self, queues: list[SplitQueue]) -> None:
-        if not queues or not self._control:
+    def _flush_control(self) -> None:
+        if not self._control or not self.kick.queues:
             return
-        rx = queues[CONTROL_RX]
+        rx = self.kick.queues[CONTROL_RX]
         while self._control and (chain := rx.pop()) is not None:
             n = chain.write(self._control.popleft())
             rx.push(chain.head, n)
@@ -178,6 +216,7 @@ class CommandPorts(VirtioBackend):
             try:
                 n = os.write(self._out[port], view)
             except BlockingIOError:
+                select.select([], [self._out[port]], [], 1.0)
                 continue
             except OSError:
                 self.dropped += len(view)
@@ -192,28 +231,24 @@ class CommandPorts(VirtioBackend):
         )
 
     def state(self) -> dict[str, Any]:
-        return {"guest_open": [int(o) for o in self._guest_open]}
+        return {
+            "guest_open": [int(o) for o in self._guest_open],
+            "control": [m.hex() for m in self._control],
+        }
 
     def restore(self, state: dict[str, Any]) -> None:
-        opened = state.get("guest_open", [])
+        opened, pending = state.get("guest_open"), state.get("control", [])
         if not isinstance(opened, list) or len(opened) != len(PORT_NAMES):
             raise ValueError("console ports: guest_open")
+        if not isinstance(pending, list) or len(pending) > 4 * len(PORT_NAMES):
+            raise ValueError("console ports: control")
+        try:
+            self._control = deque(bytes.fromhex(str(m)) for m in pending)
+        except ValueError:
+            raise ValueError("console ports: control") from None
         self._guest_open = [bool(o) for o in opened]
 
     def close(self) -> None:
-        if self._pipe_r is not None:
-            os.close(self._pipe_r)
-            self._pipe_r = None
-
-
-def _copy(source: int, pipe_w: int) -> None:
-    """Standard input into the pipe, until it ends (then the pipe does)."""
-    try:
-        while data := os.read(source, READ_CHUNK):
-            view = memoryview(data)
-            while view:
-                view = view[os.write(pipe_w, view) :]
-    except OSError:
-        pass
-    finally:
-        os.close(pipe_w)
+        with self._cond:
+            self._closed = True
+            os.close(self._wake)

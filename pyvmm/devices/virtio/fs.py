@@ -70,7 +70,11 @@ class ShareConfig:
         return cls(host, guest, readonly, f"pyvmm{index}")
 
     def word(self) -> str:
-        """The command-line word that asks the default guest's /init to mount it."""
+        """The command-line word that asks the default guest's /init to mount
+        it (none for a share without a guest directory: one kept in a
+        snapshot, to be mounted once a restore gives it a directory)."""
+        if not self.guest:
+            return ""
         return f"pyvmm.share={self.tag}:{self.guest}{':ro' if self.readonly else ''}"
 
 
