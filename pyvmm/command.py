@@ -2,9 +2,11 @@
 test runner wants it.
 
 The command runs in the default guest (or ``--kernel`` with the default
-initramfs) with its arguments exactly as given: they travel base64-encoded
-on the kernel command line (``pyvmm.cmd64``) as one shell-quoted line that
-the guest's /init hands to ``sh -c``, which only unquotes it. Its standard
+initramfs) with its arguments exactly as given, and no shell: they travel
+base64-encoded, each ended by a NUL (``pyvmm.argv64``, its directory in
+``pyvmm.cwd64``), to the initramfs's ``pyvmm-run`` (images/pyvmm-run.c),
+which execs it; one guest process around the command, since on a PVM host
+each costs about half a second. Its standard
 input, output and error are three virtio-console ports
 (:mod:`pyvmm.devices.virtio.console`) on pyvmm's own, so they stay apart
 and every byte passes unchanged; the serial console, with the kernel's
@@ -21,11 +23,11 @@ shares asked for, and sends the command with the words that mount them.
 Options that change the guest itself (``--kernel``, ``--initrd``,
 ``--cmdline``, disks, network cards, entropy) boot it afresh instead.
 
-pyvmm exits with the command's status, which /init reports on the serial
-console (``--- pyvmm.cmd end: status N ---``; 128+N for a signal, as the
-shell has it); a guest that fails keeps its own status (7 for a kernel
-panic, ...); ``--timeout`` ends it with 124 and the console's last lines on
-standard error.
+pyvmm exits with the command's status, which pyvmm-run reports on the
+serial console (``--- pyvmm.cmd end: status N ---``; 128+N for a signal,
+126 and 127 when it cannot be run or found, as a shell has it); a guest
+that fails keeps its own status (7 for a kernel panic, ...); ``--timeout``
+ends it with 124 and the console's last lines on standard error.
 """
 
 from __future__ import annotations
@@ -35,7 +37,6 @@ import base64
 import functools
 import os
 import re
-import shlex
 import sys
 from collections import deque
 from pathlib import Path
@@ -75,9 +76,13 @@ class CommandWatch:
             self.lines.append(line.decode(errors="replace").rstrip("\r"))
 
 
-def script(command: list[str], cwd: str) -> str:
-    """What /init runs: into ``cwd``, then the command with its arguments."""
-    return f"cd {shlex.quote(cwd)} || exit 126\nexec {shlex.join(command)}\n"
+def words(command: list[str], cwd: str) -> str:
+    """The command-line words that tell pyvmm-run what to run, and where."""
+    argv = b"".join(os.fsencode(a) + b"\0" for a in command)
+    return (
+        f"pyvmm.run pyvmm.argv64={base64.b64encode(argv).decode()} "
+        f"pyvmm.cwd64={base64.b64encode(os.fsencode(cwd)).decode()}"
+    )
 
 
 def run_command(args: argparse.Namespace, command: list[str]) -> int:
@@ -105,14 +110,13 @@ def run_command(args: argparse.Namespace, command: list[str]) -> int:
         from pyvmm.images import default
 
         initrd = default.initramfs_image()
-    encoded = base64.b64encode(script(command, cwd or "/").encode()).decode()
-    words = f"pyvmm.run pyvmm.cmd64={encoded}"
+    told = words(command, cwd or "/")
     watch = CommandWatch()
     spec = ConsoleSpec("stderr" if args.verbose else "none")
     log = Path(args.console_log) if args.console_log else None
     fresh = args.kernel or args.initrd or args.cmdline or args.disk or args.net or args.rng
     if not fresh and len(shares) <= SNAPSHOT_SHARES:
-        line = " ".join([*(s.word() for s in shares), words]) + "\n"
+        line = " ".join([*(s.word() for s in shares), told]) + "\n"
         restore = Restore(_snapshot(args), adjust=functools.partial(_bind, shares, line.encode()))
         config = MachineConfig(kernel="", debug=args.debug, stats=args.stats)
         outcome = run_machine(
@@ -120,7 +124,7 @@ def run_command(args: argparse.Namespace, command: list[str]) -> int:
         )
     else:
         config = launch.make_config(
-            args.kernel, initrd, f"{args.cmdline} {words}".strip(), args.memory or "512M",
+            args.kernel, initrd, f"{args.cmdline} {told}".strip(), args.memory or "512M",
             args.cpus or 1, args.guest, announce=args.verbose,
         )  # fmt: skip
         config.debug, config.stats = args.debug, args.stats

@@ -135,3 +135,39 @@ def test_bad_input(here: Path) -> None:
         r = run(*args, cwd=here)
         assert r.returncode == 2 and r.stdout == b"", r
         assert r.stderr.count(b"\n") == 1 and fragment in r.stderr, r.stderr
+
+
+def test_a_snapshot_taken_with_a_share_mounted_restores(tmp_path: Path) -> None:
+    """Booted with a share, read through it, saved; changed on the host;
+    restored: the share works, and shows the host's change."""
+    from pyvmm import Machine
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "f").write_text("before\n")
+    (shared / "d").mkdir()
+    (shared / "d" / "g").write_text("deep\n")
+    snap = tmp_path / "snap"
+    with Machine(shares=[f"{shared}:/mnt/s"]) as m:
+        m.start()
+        m.wait_ready(FIRST_TIMEOUT)
+        assert m.run("cat /mnt/s/f /mnt/s/d/g").output == "before\ndeep\n"
+        m.snapshot(snap)
+    (shared / "f").write_text("after\n")
+    (shared / "d" / "g").write_text("changed\n")
+    (shared / "new").write_text("new\n")
+    with Machine(restore=snap) as m:
+        m.start()
+        r = m.run("sleep 1; cat /mnt/s/f /mnt/s/d/g /mnt/s/new; echo w > /mnt/s/w")
+        assert r.status == 0, r.output
+        assert r.output == "after\nchanged\nnew\n"
+    assert (shared / "w").read_text() == "w\n"
+
+
+def test_a_guest_changed_by_options_boots_for_the_command(here: Path) -> None:
+    """--cmdline (as --kernel, --disk, ...) makes a guest the snapshot is
+    not: it boots, and the command's words come on its command line."""
+    script = "grep -o pyvmm.test=1 /proc/cmdline; cat file; exit 3"
+    r = run("--cmdline", "pyvmm.test=1", "--", "sh", "-c", script, cwd=here, timeout=FIRST_TIMEOUT)
+    assert r.returncode == 3, r.stderr
+    assert r.stdout == b"pyvmm.test=1\nfrom the host\n"

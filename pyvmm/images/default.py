@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pyvmm.boot.bzimage import compression, payload
-from pyvmm.images import GUEST_KINDS, debian, initramfs
+from pyvmm.images import GUEST_KINDS, cpio, debian, initramfs
 from pyvmm.images.cache import (
     cache_dir,
     locked,
@@ -267,9 +267,10 @@ def _build_small(package: str, version: str, final: Path, fragment: Path) -> Non
 
 @cache_errors
 def initramfs_image(refresh: bool = False) -> Path:
-    """busybox-static and /init, as an uncompressed newc cpio."""
+    """busybox-static, /init and /bin/pyvmm-run, as an uncompressed newc cpio."""
     init = _source_file("init").read_bytes()
-    init_key = _key(init, "plain")
+    runner = _source_file(RUNNER_SOURCE).read_bytes()
+    init_key = _key(init, runner, "plain")
     if not refresh:
         cached = _newest_cached(list((cache_dir() / "initramfs").glob(f"*-{init_key}")))
         if cached is not None:
@@ -282,6 +283,10 @@ def initramfs_image(refresh: bool = False) -> Path:
     return final / INITRAMFS
 
 
+#: The guest's helper for ``pyvmm run -- CMD`` (C, built static with gcc).
+RUNNER_SOURCE = "pyvmm-run.c"
+
+
 def _build_initramfs(package: str, version: str, init: bytes, final: Path) -> None:
     deb = debian.download(package, version, _debs())
     busybox = debian.extract(deb, ["bin/busybox"])["bin/busybox"]
@@ -290,8 +295,23 @@ def _build_initramfs(package: str, version: str, init: bytes, final: Path) -> No
         exe = tmp / "busybox"
         exe.write_bytes(busybox)
         exe.chmod(0o755)  # run on the host for its list of applets
-        (tmp / INITRAMFS).write_bytes(initramfs.build(exe, init))
+        runner = tmp / "pyvmm-run"
+        _compile_static(_source_file(RUNNER_SOURCE), runner)
+        extra = [cpio.file("bin/pyvmm-run", runner.read_bytes(), 0o755)]
+        (tmp / INITRAMFS).write_bytes(initramfs.build(exe, init, extra))
         exe.unlink()
+        runner.unlink()
+
+
+def _compile_static(source: Path, out: Path) -> None:
+    """A static x86-64 executable from one C file (glibc's libc.a: libc6-dev)."""
+    command = ["gcc", "-static", "-Os", "-s", "-o", str(out), str(source)]
+    try:
+        subprocess.run(command, check=True, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise ImageError("building the initramfs needs gcc (apt-get install gcc)") from None
+    except subprocess.CalledProcessError as e:
+        raise ImageError(f"gcc could not build {source.name}: {e.stderr.strip()[-500:]}") from None
 
 
 # -- the default guest -------------------------------------------------------
