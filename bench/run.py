@@ -1,7 +1,7 @@
 """pyvmm's figures: exit cost, boot time, memory and console throughput.
 
     python bench/run.py [--runs 3] [--only exits,startup,boot,memory,serial,restore,run,clones,
-                                          virtio,migrate-idle,migrate-dirty]
+                                          virtio,migrate-idle,migrate-dirty,command,share]
 
 - exits: time per port-I/O exit handled by pyvmm's vCPU loop
   (``vmm.vcpu.run_lean``: ``pyvmm_run``, ``ExitHandler.port``, the port bus,
@@ -25,6 +25,8 @@
 - restore, run, clones: snapshots (bench/snapshots.py says what each is).
 - virtio: disk and network throughput and their cost (bench/virtio.py; root).
 - migrate-idle, migrate-dirty: live migration (bench/migration.py).
+- command, share: ``pyvmm run -- CMD`` and the shared directory
+  (bench/share.py).
 
 Each figure is the median of --runs runs. Figures, not assertions: nothing
 here fails on a slow machine.
@@ -303,7 +305,7 @@ def main() -> None:
     parser.add_argument(
         "--only",
         default="exits,startup,boot,memory,serial,restore,run,clones,virtio,migrate-idle,"
-        "migrate-dirty",
+        "migrate-dirty,command,share",
     )
     parser.add_argument("--guest", default="auto", help="default guest for the boot figure")
     parser.add_argument("--memory", default="512M", help="--memory for the boot figure")
@@ -341,6 +343,13 @@ def main() -> None:
             migration.idle(args.runs)
         if "migrate-dirty" in which:
             migration.dirtying(args.runs, test_guest())
+    if {"command", "share"} & set(which):
+        import share  # bench/share.py, next to this file
+
+        if "command" in which:
+            share.command(max(args.runs, 5))
+        if "share" in which:
+            share.share(args.runs)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ from pathlib import Path
 from pyvmm.devices.virtio.console import CommandIO
 from pyvmm.devices.virtio.fs import ShareConfig
 from pyvmm.errors import UserError
-from pyvmm.vmm.config import MachineConfig
+from pyvmm.vmm.config import MachineConfig, parse_trace
 
 #: The status line /init prints once the command has ended.
 STATUS_LINE = re.compile(rb"^--- pyvmm\.cmd end: status (\d+) ---\r?$")
@@ -111,6 +111,7 @@ def run_command(args: argparse.Namespace, command: list[str]) -> int:
 
         initrd = default.initramfs_image()
     told = words(command, cwd or "/")
+    trace = parse_trace(args.trace)
     watch = CommandWatch()
     spec = ConsoleSpec("stderr" if args.verbose else "none")
     log = Path(args.console_log) if args.console_log else None
@@ -118,7 +119,7 @@ def run_command(args: argparse.Namespace, command: list[str]) -> int:
     if not fresh and len(shares) <= SNAPSHOT_SHARES:
         line = " ".join([*(s.word() for s in shares), told]) + "\n"
         restore = Restore(_snapshot(args), adjust=functools.partial(_bind, shares, line.encode()))
-        config = MachineConfig(kernel="", debug=args.debug, stats=args.stats)
+        config = MachineConfig(kernel="", debug=args.debug, stats=args.stats, trace=trace)
         outcome = run_machine(
             config, spec, log, restore=restore, on_console=watch, timeout=args.timeout
         )
@@ -127,7 +128,7 @@ def run_command(args: argparse.Namespace, command: list[str]) -> int:
             args.kernel, initrd, f"{args.cmdline} {told}".strip(), args.memory or "512M",
             args.cpus or 1, args.guest, announce=args.verbose,
         )  # fmt: skip
-        config.debug, config.stats = args.debug, args.stats
+        config.debug, config.stats, config.trace = args.debug, args.stats, trace
         config.shares = tuple(shares)
         config.command = CommandIO(0, 1, 2)
         _devices(args, config)

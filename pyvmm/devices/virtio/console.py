@@ -45,6 +45,7 @@ _CONFIG = struct.Struct("<HHII")
 _CONTROL = struct.Struct("<IHH")
 DEVICE_READY, DEVICE_ADD, PORT_READY, PORT_OPEN, PORT_NAME = 0, 1, 3, 6, 7
 CONTROL_RX, CONTROL_TX = 2, 3
+_EVENTS = {DEVICE_READY: "DEVICE_READY", PORT_READY: "PORT_READY", PORT_OPEN: "PORT_OPEN"}
 
 PORT_NAMES = ("pyvmm.stdin", "pyvmm.stdout", "pyvmm.stderr", "pyvmm.control")
 STDIN, STDOUT, STDERR, CONTROL = 0, 1, 2, 3
@@ -124,7 +125,9 @@ class CommandPorts(VirtioBackend):
             if queue.index == CONTROL_TX:
                 self._from_driver(chain.read(0, _CONTROL.size))
             elif port in (STDOUT, STDERR):
-                self._write(port, chain.read())
+                data = chain.read()
+                self._write(port, data)
+                self._note(f"{len(data)} bytes from {PORT_NAMES[port]}")
             queue.push(chain.head, 0)  # (what the guest writes to its input is ignored)
             self.kick.interrupt(queue)
         self._flush_control()
@@ -137,6 +140,8 @@ class CommandPorts(VirtioBackend):
             os.eventfd_read(self._wake)
         if self._line and self._guest_open[CONTROL]:
             self._line = self._give(queues[rx_queue(CONTROL)], self._line)
+            if not self._line:
+                self._note("the command went to pyvmm.control")
         with self._cond:
             if self._input and self._guest_open[STDIN]:
                 rest = self._give(queues[rx_queue(STDIN)], bytes(self._input))
@@ -187,6 +192,7 @@ class CommandPorts(VirtioBackend):
         if len(raw) < _CONTROL.size:
             return
         port, event, value = _CONTROL.unpack(raw)
+        self._note(f"driver: {_EVENTS.get(event, str(event))} port {port} value {value}")
         if event == DEVICE_READY and value == 1:
             for p in range(len(PORT_NAMES)):
                 self._send_control(p, DEVICE_ADD, 0)
@@ -197,6 +203,10 @@ class CommandPorts(VirtioBackend):
             self._guest_open[port] = bool(value)
             if value:
                 self._signal()  # what waited for it can go
+
+    def _note(self, text: str) -> None:
+        if self.kick.note is not None:
+            self.kick.note(text)
 
     def _send_control(self, port: int, event: int, value: int, extra: bytes = b"") -> None:
         self._control.append(_CONTROL.pack(port, event, value) + extra)
