@@ -291,3 +291,16 @@ def test_fuzzed_requests_get_answers_and_stay_inside(
         server.close()
     assert sorted(os.listdir(outside)) == ["secret"]
     assert (outside / "secret").read_text() == "s"
+
+
+def test_a_deep_or_looping_saved_tree_restores_without_recursion(share: Path) -> None:
+    deep = share
+    for _ in range(50):
+        deep = deep / "d"
+    deep.mkdir(parents=True)
+    nodes = [[2 + i, 1 + i if i else 1, "d", 1] for i in range(50)]
+    nodes += [[100, 101, "x", 1], [101, 100, "y", 1]]  # a loop leads nowhere
+    server = FuseServer(str(share))
+    server.restore({"nodes": nodes, "handles": [], "next_node": 5000, "next_handle": 1})
+    assert 51 in server.nodes.nodes and 100 not in server.nodes.nodes
+    server.close()

@@ -34,6 +34,9 @@ from pyvmm.devices.fuse.protocol import NAME_MAX, ROOT_ID
 #: the host's controlling terminal and following symlinks are not the
 #: guest's business.
 STRIPPED_FLAGS = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_NOFOLLOW
+#: Most nodes held at once (each holds a descriptor until the guest forgets
+#: it); beyond, lookups fail with ENFILE rather than starve pyvmm of them.
+MAX_NODES = 1 << 18
 #: Flags that change a file.
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
 
@@ -114,6 +117,8 @@ class Nodes:
     def lookup(self, parent: Node, name: bytes) -> tuple[Node, os.stat_result]:
         """Find ``name`` in ``parent``, adding a reference to its node."""
         text = check_name(name)
+        if len(self.nodes) >= MAX_NODES:
+            raise OSError(errno.ENFILE, "too many files held")
         fd = os.open(text, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent.fd)
         try:
             st = os.fstat(fd)
@@ -229,18 +234,22 @@ class Nodes:
             self.handles[fh] = handle
 
     def _find(self, nodeid: int, saved: dict[int, tuple[int, str, int]], seen: set[int]) -> None:
-        if nodeid in self.nodes or nodeid not in saved or nodeid in seen:
-            return
-        seen.add(nodeid)
-        parent_id, name, lookups = saved[nodeid]
-        self._find(parent_id, saved, seen)
-        parent = self.nodes.get(parent_id)
-        if parent is None:
-            return
-        try:
-            text = check_name(os.fsencode(name))
-            fd = os.open(text, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent.fd)
-        except OSError:
-            return
-        st = os.fstat(fd)
-        self._add(Node(nodeid, fd, st.st_dev, st.st_ino, parent_id, text, max(lookups, 1)))
+        """Open ``nodeid`` and any ancestors not open yet, root first (a
+        loop, not recursion: a tree may be deep, a state file hostile)."""
+        path = []
+        while nodeid not in self.nodes and nodeid in saved and nodeid not in seen:
+            seen.add(nodeid)
+            path.append(nodeid)
+            nodeid = saved[nodeid][0]
+        for nodeid in reversed(path):
+            parent_id, name, lookups = saved[nodeid]
+            parent = self.nodes.get(parent_id)
+            if parent is None:
+                return
+            try:
+                text = check_name(os.fsencode(name))
+                fd = os.open(text, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent.fd)
+            except OSError:
+                return
+            st = os.fstat(fd)
+            self._add(Node(nodeid, fd, st.st_dev, st.st_ino, parent_id, text, max(lookups, 1)))
