@@ -150,25 +150,30 @@ def _snapshot(args: argparse.Namespace) -> Path:
     """The cached snapshot of the default guest waiting for a command, made
     by booting it once if there is none."""
     from pyvmm import launch, snapshot_cache
-    from pyvmm.images.cache import cache_dir
 
     config = launch.make_config(
         None, None, "pyvmm.run pyvmm.wait", args.memory or "512M", args.cpus or 1, args.guest
     )
-    empty = cache_dir() / "empty-share"
-    empty.mkdir(parents=True, exist_ok=True)
-    config.shares = tuple(
-        ShareConfig(str(empty), "", True, f"pyvmm{i}") for i in range(SNAPSHOT_SHARES)
-    )
+    config.shares = tuple(_unused(i) for i in range(SNAPSHOT_SHARES))
     config.command = CommandIO(None, 1, 2)  # nothing is written before the snapshot
     return snapshot_cache.default_snapshot(config, ready=WAITING)
 
 
+def _unused(index: int) -> ShareConfig:
+    """A share device with nothing in it: an empty read-only directory."""
+    from pyvmm.images.cache import cache_dir
+
+    empty = cache_dir() / "empty-share"
+    empty.mkdir(parents=True, exist_ok=True)
+    return ShareConfig(str(empty), "", True, f"pyvmm{index}")
+
+
 def _bind(shares: list[ShareConfig], line: bytes, config: MachineConfig) -> None:
     """The restored guest's devices on this run's side: its first shares
-    serve the directories asked for, its ports carry this command."""
+    serve the directories asked for, the rest an empty one (never what the
+    snapshot file names), its ports carry this command."""
     config.shares = tuple(
-        shares[i] if i < len(shares) else saved for i, saved in enumerate(config.shares)
+        shares[i] if i < len(shares) else _unused(i) for i in range(len(config.shares))
     )
     config.command = CommandIO(0, 1, 2, line)
 
