@@ -6,7 +6,8 @@
  * about half a second: it finds the command's virtio-console ports (named
  * pyvmm.stdin, pyvmm.stdout, pyvmm.stderr and pyvmm.control by pyvmm),
  * takes its words from the kernel command line or, with pyvmm.wait, from a
- * line on pyvmm.control (where a snapshot is taken while it waits), mounts
+ * line on pyvmm.control (where a snapshot is taken while it waits, so the
+ * line also says what time it is: pyvmm.time=SECONDS.NANOSECONDS), mounts
  * the shares (pyvmm.share=TAG:DIR[:ro], virtio-fs), runs the command
  * (pyvmm.argv64: its arguments, each ended by a NUL, base64; pyvmm.cwd64:
  * its directory) on the ports, and reports its status on the console:
@@ -161,6 +162,13 @@ int main(void)
 		} else if (!strncmp(word, "pyvmm.cwd64=", 12)) {
 			n = unbase64(word + 12, cwd, sizeof(cwd) - 1);
 			cwd[n > 0 ? n : 0] = 0;
+		} else if (!strncmp(word, "pyvmm.time=", 11)) {
+			char *dot;
+			struct timespec now = {strtoll(word + 11, &dot, 10), 0};
+
+			if (*dot == '.')
+				now.tv_nsec = strtol(dot + 1, NULL, 10) % 1000000000;
+			clock_settime(CLOCK_REALTIME, &now);
 		} else if (!strncmp(word, "pyvmm.argv64=", 13)) {
 			n = unbase64(word + 13, argbuf, sizeof(argbuf) - 1);
 			for (int at = 0; n > 0 && at < n && argc < MAX_ARGS; at += (int)strlen(argbuf + at) + 1)

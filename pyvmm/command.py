@@ -38,6 +38,7 @@ import functools
 import os
 import re
 import sys
+import time
 from collections import deque
 from pathlib import Path
 
@@ -117,8 +118,9 @@ def run_command(args: argparse.Namespace, command: list[str]) -> int:
     log = Path(args.console_log) if args.console_log else None
     fresh = args.kernel or args.initrd or args.cmdline or args.disk or args.net or args.rng
     if not fresh and len(shares) <= SNAPSHOT_SHARES:
-        line = " ".join([*(s.word() for s in shares), told]) + "\n"
-        restore = Restore(_snapshot(args), adjust=functools.partial(_bind, shares, line.encode()))
+        restore = Restore(
+            _snapshot(args), adjust=functools.partial(_bind, shares, told), sets_clock=True
+        )
         config = MachineConfig(kernel="", debug=args.debug, stats=args.stats, trace=trace)
         outcome = run_machine(
             config, spec, log, restore=restore, on_console=watch, timeout=args.timeout
@@ -168,14 +170,18 @@ def _unused(index: int) -> ShareConfig:
     return ShareConfig(str(empty), "", True, f"pyvmm{index}")
 
 
-def _bind(shares: list[ShareConfig], line: bytes, config: MachineConfig) -> None:
+def _bind(shares: list[ShareConfig], told: str, config: MachineConfig) -> None:
     """The restored guest's devices on this run's side: its first shares
     serve the directories asked for, the rest an empty one (never what the
-    snapshot file names), its ports carry this command."""
+    snapshot file names), its ports carry this command, with the words that
+    mount the shares and the time to set the guest's clock to (a snapshot
+    may be days old)."""
+    now = time.time_ns()
+    line = " ".join([*(s.word() for s in shares), told, f"pyvmm.time={now // 10**9}.{now % 10**9:09}"])
     config.shares = tuple(
         shares[i] if i < len(shares) else _unused(i) for i in range(len(config.shares))
     )
-    config.command = CommandIO(0, 1, 2, line)
+    config.command = CommandIO(0, 1, 2, f"{line}\n".encode())
 
 
 def _devices(args: argparse.Namespace, config: MachineConfig) -> None:

@@ -58,6 +58,8 @@ class Restore:
     kernel: str | None = None
     #: Changes to the host's side of the devices (see build_from_snapshot).
     adjust: Callable[[MachineConfig], None] | None = None
+    #: Whoever restores sets the guest's clock itself: no hint about it.
+    sets_clock: bool = False
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,7 @@ def _build(
     ):
         vmm.close()
         raise SnapshotError(f"snapshot {restore.path} was taken with kernel {vmm.config.kernel}")
-    if vmm.clock_behind_ns:
+    if vmm.clock_behind_ns and not restore.sets_clock:
         _stderr(
             f"pyvmm: the guest's clock resumes where the snapshot stopped it, "
             f"{vmm.clock_behind_ns / 1e9:.0f} s behind; 'hwclock -s' in the guest sets it "

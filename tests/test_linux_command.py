@@ -158,3 +158,12 @@ def test_a_guest_changed_by_options_boots_for_the_command(here: Path) -> None:
     r = run("--cmdline", "pyvmm.test=1", "--", "sh", "-c", script, cwd=here, timeout=FIRST_TIMEOUT)
     assert r.returncode == 3, r.stderr
     assert r.stdout == b"pyvmm.test=1\nfrom the host\n"
+
+
+def test_the_guests_clock_is_the_hosts(here: Path) -> None:
+    """However old the snapshot, the command sees the host's time."""
+    before = time.time()
+    r = run("--", "date", "+%s", cwd=here)
+    after = time.time()
+    assert before - 2 <= int(r.stdout) <= after + 2, (before, r.stdout, after)
+    assert r.stderr == b""
