@@ -30,6 +30,7 @@ LAYERS = {
     "sockets": 0,
     "shell": 6,
     "cli": 6,
+    "command": 6,
     "api": 6,
     "api_console": 6,
     "pytest_plugin": 7,
