@@ -177,7 +177,9 @@ def _bind(shares: list[ShareConfig], told: str, config: MachineConfig) -> None:
     mount the shares and the time to set the guest's clock to (a snapshot
     may be days old)."""
     now = time.time_ns()
-    line = " ".join([*(s.word() for s in shares), told, f"pyvmm.time={now // 10**9}.{now % 10**9:09}"])
+    line = " ".join(
+        [*(s.word() for s in shares), told, f"pyvmm.time={now // 10**9}.{now % 10**9:09}"]
+    )
     config.shares = tuple(
         shares[i] if i < len(shares) else _unused(i) for i in range(len(config.shares))
     )

@@ -304,3 +304,15 @@ def test_a_deep_or_looping_saved_tree_restores_without_recursion(share: Path) ->
     server.restore({"nodes": nodes, "handles": [], "next_node": 5000, "next_handle": 1})
     assert 51 in server.nodes.nodes and 100 not in server.nodes.nodes
     server.close()
+
+
+def test_a_reset_releases_every_node_and_handle(client: Client, share: Path) -> None:
+    (share / "f").touch()
+    before = len(os.listdir("/proc/self/fd"))
+    node, _ = client.lookup(ROOT, b"f")
+    client.open(node)
+    assert len(os.listdir("/proc/self/fd")) == before + 2
+    client.server.reset()
+    assert len(os.listdir("/proc/self/fd")) == before
+    with refused(errno.EIO):  # INIT first, again
+        client.lookup(ROOT, b"f")

@@ -104,6 +104,13 @@ class FuseServer:
         self.errors += 1
         return p.reply(request.unique, error)
 
+    def reset(self) -> None:
+        """The driver starts over (a device reset): nothing it held stays."""
+        root = self.nodes.root
+        self.nodes.close()
+        self.nodes = Nodes(root)
+        self.initialized = False
+
     def close(self) -> None:
         self.nodes.close()
 

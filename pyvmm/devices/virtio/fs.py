@@ -120,8 +120,8 @@ class Fs(VirtioBackend):
         )
 
     def reset(self) -> None:
-        """A driver that starts over starts with a fresh INIT."""
-        self.server.initialized = False
+        """A driver that starts over starts with a fresh INIT and no nodes."""
+        self.server.reset()
 
     def state(self) -> dict[str, Any]:
         return self.server.state()
