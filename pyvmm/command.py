@@ -6,10 +6,9 @@ initramfs) with its arguments exactly as given, and no shell: they travel
 base64-encoded, each ended by a NUL (``pyvmm.argv64``, its directory in
 ``pyvmm.cwd64``), to the initramfs's ``pyvmm-run`` (images/pyvmm-run.c),
 which execs it; one guest process around the command, since on a PVM host
-each costs about half a second. Its standard
-input, output and error are three virtio-console ports
-(:mod:`pyvmm.devices.virtio.console`) on pyvmm's own, so they stay apart
-and every byte passes unchanged; the serial console, with the kernel's
+each costs about half a second. Its standard input, output and error are
+three virtio-console ports (:mod:`pyvmm.devices.virtio.console`) on
+pyvmm's own, so they stay apart and every byte passes unchanged; the serial console, with the kernel's
 messages, is shown only with ``--verbose`` (on standard error) or kept in
 ``--console-log``. The current directory is shared with the guest at the
 same path (virtio-fs) and is the command's working directory, unless
