@@ -8,9 +8,9 @@ base64-encoded, each ended by a NUL (``pyvmm.argv64``, its directory in
 which execs it; one guest process around the command, since on a PVM host
 each costs about half a second. Its standard input, output and error are
 three virtio-console ports (:mod:`pyvmm.devices.virtio.console`) on
-pyvmm's own, so they stay apart and every byte passes unchanged; the serial console, with the kernel's
-messages, is shown only with ``--verbose`` (on standard error) or kept in
-``--console-log``. The current directory is shared with the guest at the
+pyvmm's own, so they stay apart and every byte passes unchanged; the
+serial console, with the kernel's messages, is shown only with
+``--verbose`` (on standard error) or kept in ``--console-log``. The current directory is shared with the guest at the
 same path (virtio-fs) and is the command's working directory, unless
 ``--no-share`` or ``--cwd`` say otherwise.
 
