@@ -10,9 +10,10 @@ each costs about half a second. Its standard input, output and error are
 three virtio-console ports (:mod:`pyvmm.devices.virtio.console`) on
 pyvmm's own, so they stay apart and every byte passes unchanged; the
 serial console, with the kernel's messages, is shown only with
-``--verbose`` (on standard error) or kept in ``--console-log``. The current directory is shared with the guest at the
-same path (virtio-fs) and is the command's working directory, unless
-``--no-share`` or ``--cwd`` say otherwise.
+``--verbose`` (on standard error) or kept in ``--console-log``. The
+current directory is shared with the guest at the same path (virtio-fs)
+and is the command's working directory, unless ``--no-share`` or
+``--cwd`` say otherwise.
 
 A first run boots the default guest with its /init waiting for a command
 on the ``pyvmm.control`` port, and snapshots it there (in the image cache,
