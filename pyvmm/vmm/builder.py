@@ -187,17 +187,20 @@ def wire_virtio(vmm: Vmm) -> list[str]:
             device.notified = functools.partial(io.watch, host, True)
         if not eventfds:
             continue
-        for offset, size, index in device.notify_points():
-            fd = io.eventfd()
-            vmm.vm.ioeventfd(fd, mmio.start + offset, size, datamatch=index)
-            io.add(fd, functools.partial(_notify, device, index))
-        device.uses_ioeventfd = True
+        on_vcpu = device.backend.notify_on_vcpu
+        if not on_vcpu:
+            for offset, size, index in device.notify_points():
+                fd = io.eventfd()
+                vmm.vm.ioeventfd(fd, mmio.start + offset, size, datamatch=index)
+                io.add(fd, functools.partial(_notify, device, index))
+            device.uses_ioeventfd = True
         irq = io.eventfd()
         vmm.vm.irqfd(irq, gsi)
         device.edge = irqfd_pulse(irq)
+        how = "an exit, served on the vCPU" if on_vcpu else "ioeventfd, served by the I/O thread"
         lines.append(
-            f"{placed.key}: QueueNotify {mmio.start + Reg.QUEUE_NOTIFY:#x} by ioeventfd "
-            f"({len(device.queues)} queues), IRQ {gsi} by irqfd, served by the I/O thread"
+            f"{placed.key}: QueueNotify {mmio.start + Reg.QUEUE_NOTIFY:#x} by {how} "
+            f"({len(device.queues)} queues), IRQ {gsi} by irqfd"
         )
     return lines
 

@@ -56,6 +56,11 @@ class VirtioBackend:
     device_id = 0
     #: Each queue's largest size (what QueueNumMax reads).
     queue_sizes: tuple[int, ...] = (256,)
+    #: Serve queue notifications on the vCPU that wrote them (an MMIO exit)
+    #: rather than by ioeventfd on the I/O thread: for a driver that spins
+    #: until the device has taken its buffer, so the spin ends at once
+    #: instead of taking a CPU from the thread it waits for.
+    notify_on_vcpu = False
     #: Set by the transport when it takes the backend.
     kick: Kick
 

@@ -20,7 +20,9 @@ waits until the guest opens it.
 
 Output goes to pyvmm's descriptors as the guest writes it; Linux's write
 returns once the device has taken the bytes, so everything the command
-wrote is out before /init reports its exit status.
+wrote is out before /init reports its exit status. Linux waits for that by
+spinning, so this device's queue notifications are served on the vCPU
+that makes them (``notify_on_vcpu``), not by the I/O thread.
 """
 
 from __future__ import annotations
@@ -83,6 +85,9 @@ class CommandPorts(VirtioBackend):
     name = "virtio-console"
     device_id = ID_CONSOLE
     queue_sizes = (64,) * (2 * (len(PORT_NAMES) + 1))
+    #: Linux's virtio_console spins after each write and control message
+    #: until the buffer comes back (virtio_console.c, __send_to_port).
+    notify_on_vcpu = True
 
     def __init__(self, io: CommandIO) -> None:
         self._out = {STDOUT: io.stdout, STDERR: io.stderr}
