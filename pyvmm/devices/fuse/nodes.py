@@ -119,12 +119,7 @@ class Nodes:
         text = check_name(name)
         if len(self.nodes) >= MAX_NODES:
             raise OSError(errno.ENFILE, "too many files held")
-        fd = os.open(text, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent.fd)
-        try:
-            st = os.fstat(fd)
-        except OSError:
-            os.close(fd)
-            raise
+        fd, st = _open_child(parent, text)
         known = self._by_inode.get((st.st_dev, st.st_ino))
         if known is not None and known in self.nodes:
             os.close(fd)
@@ -248,8 +243,18 @@ class Nodes:
                 return
             try:
                 text = check_name(os.fsencode(name))
-                fd = os.open(text, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent.fd)
+                fd, st = _open_child(parent, text)
             except OSError:
                 return
-            st = os.fstat(fd)
             self._add(Node(nodeid, fd, st.st_dev, st.st_ino, parent_id, text, max(lookups, 1)))
+
+
+def _open_child(parent: Node, name: str) -> tuple[int, os.stat_result]:
+    """``name`` (already checked) in ``parent``: an ``O_PATH`` descriptor
+    that follows no symlink, and what it is."""
+    fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent.fd)
+    try:
+        return fd, os.fstat(fd)
+    except OSError:
+        os.close(fd)
+        raise

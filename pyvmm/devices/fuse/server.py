@@ -124,8 +124,7 @@ class FuseServer:
     # -- helpers -----------------------------------------------------------
 
     def _entry(self, request: p.Request, node: Node, st: os.stat_result) -> bytes:
-        out = p.ENTRY_OUT.pack(node.nodeid, 0, CACHE_SECONDS, CACHE_SECONDS, 0, 0) + p.attr(st)
-        return p.reply(request.unique, 0, out)
+        return p.reply(request.unique, 0, _entry_out(node, st))
 
     def _attr(self, request: p.Request, st: os.stat_result) -> bytes:
         return p.reply(request.unique, 0, p.ATTR_OUT.pack(CACHE_SECONDS, 0, 0) + p.attr(st))
@@ -259,9 +258,8 @@ class FuseServer:
         (old_id,) = p.unpack(p.LINK_IN, request.body)
         (name,) = p.names(request.body, p.LINK_IN.size, 1)
         node, parent = self.nodes.get(old_id), self.nodes.get(request.nodeid)
-        if stat.S_ISLNK(self.nodes.stat(node).st_mode) or stat.S_ISDIR(
-            self.nodes.stat(node).st_mode
-        ):
+        mode = self.nodes.stat(node).st_mode
+        if stat.S_ISLNK(mode) or stat.S_ISDIR(mode):
             raise OSError(errno.EPERM, "only files are hard-linked")
         # linkat through the magic link: the node's own inode, never a path.
         os.link(proc_path(node.fd), check_name(name), dst_dir_fd=parent.fd, follow_symlinks=True)
@@ -301,8 +299,7 @@ class FuseServer:
             os.close(fd)
             raise
         handle = self.nodes.keep(node, fd, flags, directory=False)
-        entry = p.ENTRY_OUT.pack(node.nodeid, 0, CACHE_SECONDS, CACHE_SECONDS, 0, 0) + p.attr(st)
-        return p.reply(request.unique, 0, entry + p.OPEN_OUT.pack(handle.fh, 0, 0))
+        return p.reply(request.unique, 0, _entry_out(node, st) + p.OPEN_OUT.pack(handle.fh, 0, 0))
 
     def _read(self, request: p.Request) -> bytes:
         fh, offset, size, *_ = p.unpack(p.READ_IN, request.body)
@@ -377,6 +374,11 @@ class FuseServer:
         return p.reply(
             request.unique, 0, p.LSEEK_OUT.pack(os.lseek(self._file(fh).fd, offset, whence))
         )
+
+
+def _entry_out(node: Node, st: os.stat_result) -> bytes:
+    """``struct fuse_entry_out``: the node, cached as long as its attributes."""
+    return p.ENTRY_OUT.pack(node.nodeid, 0, CACHE_SECONDS, CACHE_SECONDS, 0, 0) + p.attr(st)
 
 
 def _entries(fd: int) -> list[tuple[bytes, int, int]]:
