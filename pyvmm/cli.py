@@ -221,9 +221,7 @@ def _control_path(text: str | None) -> Path | None:
 def _run(args: argparse.Namespace) -> int:
     from pyvmm import launch
     from pyvmm.console import backends
-    from pyvmm.devices.virtio.blk import DiskConfig
     from pyvmm.devices.virtio.fs import ShareConfig
-    from pyvmm.devices.virtio.net import NetConfig
     from pyvmm.run import Restore, run_machine
     from pyvmm.vmm.config import MachineConfig, parse_trace
     from pyvmm.vmm.ending import Ending
@@ -274,9 +272,7 @@ def _run(args: argparse.Namespace) -> int:
                 "devices"
             )
         config.shares = tuple(ShareConfig.parse(s, i) for i, s in enumerate(args.share))
-        config.disks = tuple(DiskConfig.parse(d) for d in args.disk)
-        config.nets = tuple(NetConfig.parse(n, i) for i, n in enumerate(args.net))
-        config.rng = args.rng
+        launch.add_virtio_devices(config, args.disk, args.net, args.rng)
     spec = backends.parse(args.console)
     log = Path(args.console_log) if args.console_log else None
     outcome = run_machine(

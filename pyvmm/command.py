@@ -133,7 +133,7 @@ def run_command(args: argparse.Namespace, command: list[str]) -> int:
         config.debug, config.stats, config.trace = args.debug, args.stats, trace
         config.shares = tuple(shares)
         config.command = CommandIO(0, 1, 2)
-        _devices(args, config)
+        launch.add_virtio_devices(config, args.disk, args.net, args.rng)
         outcome = run_machine(config, spec, log, on_console=watch, timeout=args.timeout)
     if outcome.ending is Ending.TIMEOUT:
         last = "\n".join(f"  {line}" for line in watch.lines)
@@ -184,13 +184,3 @@ def _bind(shares: list[ShareConfig], told: str, config: MachineConfig) -> None:
         shares[i] if i < len(shares) else _unused(i) for i in range(len(config.shares))
     )
     config.command = CommandIO(0, 1, 2, f"{line}\n".encode())
-
-
-def _devices(args: argparse.Namespace, config: MachineConfig) -> None:
-    """--disk, --net and --rng, as for any run."""
-    from pyvmm.devices.virtio.blk import DiskConfig
-    from pyvmm.devices.virtio.net import NetConfig
-
-    config.disks = tuple(DiskConfig.parse(d) for d in args.disk)
-    config.nets = tuple(NetConfig.parse(n, i) for i, n in enumerate(args.net))
-    config.rng = args.rng

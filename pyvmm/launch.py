@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from collections.abc import Sequence
 
 from pyvmm.errors import UserError
 from pyvmm.vmm.config import HostQuirks, MachineConfig, parse_size
@@ -62,3 +63,16 @@ def make_config(
     return MachineConfig(
         kernel=kernel, initrd=initrd, cmdline=cmdline, memory=size, cpus=count, quirks=quirks
     )
+
+
+def add_virtio_devices(
+    config: MachineConfig, disks: Sequence[str], nets: Sequence[str], rng: bool
+) -> None:
+    """``--disk``, ``--net`` and ``--rng`` into ``config`` (UserError, one
+    line, for a bad one)."""
+    from pyvmm.devices.virtio.blk import DiskConfig
+    from pyvmm.devices.virtio.net import NetConfig
+
+    config.disks = tuple(DiskConfig.parse(d) for d in disks)
+    config.nets = tuple(NetConfig.parse(n, i) for i, n in enumerate(nets))
+    config.rng = rng
