@@ -6,6 +6,7 @@ import ctypes
 import os
 import subprocess
 import sys
+from typing import AnyStr
 
 import pytest
 
@@ -57,23 +58,35 @@ def pyvmm(
         text=True,
         preexec_fn=_drop_file_permission_override if obey_file_permissions and as_root else None,
     ) as process:
-        try:
-            out, err = process.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            # Ask it to end as a user would (SIGTERM), so what it says about
-            # itself (--stats, the last exits) comes out; then kill it.
-            process.terminate()
-            try:
-                out, err = process.communicate(timeout=TERMINATE_GRACE)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                out, err = process.communicate()
-            pytest.fail(
-                f"pyvmm did not end within {timeout} s; after SIGTERM its status was "
-                f"{process.returncode}; its last output:\n{out[-3000:]}\n"
-                f"its standard error:\n{err[-3000:]}"
-            )
+        out, err = finish(process, timeout)
     return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+def finish(
+    process: subprocess.Popen[AnyStr], timeout: float, stdin: AnyStr | None = None
+) -> tuple[AnyStr, AnyStr]:
+    """A pyvmm process's output once it ends, ``stdin`` given to it; a hang
+    fails the test after ``timeout``. The hung pyvmm is asked to end as a
+    user would (SIGTERM), so what it says about itself (--stats, the last
+    exits) is in the failure; then it is killed."""
+    try:
+        return process.communicate(stdin, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.terminate()
+        try:
+            out, err = process.communicate(timeout=TERMINATE_GRACE)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            out, err = process.communicate()
+        pytest.fail(
+            f"pyvmm did not end within {timeout} s; after SIGTERM its status was "
+            f"{process.returncode}; its last output:\n{_text(out)[-3000:]}\n"
+            f"its standard error:\n{_text(err)[-3000:]}"
+        )
+
+
+def _text(output: str | bytes) -> str:
+    return output.decode(errors="replace") if isinstance(output, bytes) else output
 
 
 def one_line_error(r: subprocess.CompletedProcess[str], *fragments: str) -> None:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli_util import finish
+
 pytestmark = pytest.mark.hwkvm
 
 #: A boot for the snapshot on a PVM host takes 60-95 s; a restored run a few.
@@ -25,14 +27,14 @@ TIMEOUT = 120
 def run(
     *args: str, cwd: Path, stdin: bytes = b"", timeout: float = TIMEOUT
 ) -> subprocess.CompletedProcess[bytes]:
-    """``python -m pyvmm run ARGS`` in ``cwd``; a hang fails the test."""
-    try:
-        return subprocess.run(
-            [sys.executable, "-m", "pyvmm", "run", *args],
-            cwd=cwd, input=stdin, capture_output=True, timeout=timeout,
-        )  # fmt: skip
-    except subprocess.TimeoutExpired as e:
-        pytest.fail(f"pyvmm did not end within {timeout} s: {e.stderr!r}")
+    """``python -m pyvmm run ARGS`` in ``cwd``, bytes in and out; a hang
+    fails the test (cli_util.finish)."""
+    with subprocess.Popen(
+        [sys.executable, "-m", "pyvmm", "run", *args], cwd=cwd,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    ) as process:  # fmt: skip
+        out, err = finish(process, timeout, stdin)
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
 @pytest.fixture(scope="module")
