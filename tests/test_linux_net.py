@@ -136,7 +136,11 @@ def guests(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Ran |
         user = run_guest(user_script, "--net", "user") if why_not is None else None
         try:
             out, err = tap.communicate(timeout=BOOT_TIMEOUT)
-            served, _ = server.communicate(timeout=60)
+            try:
+                served, _ = server.communicate(timeout=60)
+            except subprocess.TimeoutExpired:  # the guest's side says why
+                server.kill()
+                served = server.communicate()[0] + "(server still waiting 60 s after the guest)\n"
             results["tap"] = Ran(tap.returncode, out, err, served)
             if user is not None:
                 out, err = user.communicate(timeout=BOOT_TIMEOUT)
