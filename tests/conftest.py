@@ -8,6 +8,9 @@ import pytest
 
 from tests.guests.build import Guests, build
 
+#: Under scripts/nested-kvm.sh, a new L1 goes on where a hung one left off.
+pytest_plugins = ["tests.rig_progress"]
+
 
 def kvm_usable() -> bool:
     return os.access("/dev/kvm", os.R_OK | os.W_OK)
