@@ -6,7 +6,9 @@ start the whole group over (and meet the next hang before it is through), the
 rig names a file in its own folder in ``PYVMM_RIG_DONE``. Each test that ends
 is written there at once ("passed NODEID" or "failed NODEID"); a later run
 with the same file leaves out every test written there, and still ends as
-failed if one of them failed. Without the variable nothing changes.
+failed if one of them failed. A test the rig marked "again NODEID" (its
+``--retry-failed``) runs once more and is named in the report. Without the
+variable nothing changes.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ class RigProgress:
             return
         for line in text.splitlines():
             outcome, _, nodeid = line.partition(" ")
-            if outcome in ("passed", "failed") and nodeid:
+            if outcome in ("passed", "failed", "again") and nodeid:
                 self.earlier[nodeid] = outcome
 
     def _record(self, outcome: str, nodeid: str) -> None:
@@ -42,14 +44,18 @@ class RigProgress:
             f.flush()
             os.fsync(f.fileno())
 
+    def _earlier(self, outcome: str) -> list[str]:
+        return sorted(n for n, o in self.earlier.items() if o == outcome)
+
     def pytest_collection_modifyitems(
         self, config: pytest.Config, items: list[pytest.Item]
     ) -> None:
         self._read()
-        gone = [item for item in items if item.nodeid in self.earlier]
+        ended = {n for n, outcome in self.earlier.items() if outcome != "again"}
+        gone = [item for item in items if item.nodeid in ended]
         if gone:
             config.hook.pytest_deselected(items=gone)
-            items[:] = [item for item in items if item.nodeid not in self.earlier]
+            items[:] = [item for item in items if item.nodeid not in ended]
             self.left_out = len(gone)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -62,14 +68,17 @@ class RigProgress:
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        failed_before = sorted(n for n, outcome in self.earlier.items() if outcome == "failed")
+        failed_before = self._earlier("failed")
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None and self.left_out:
-            reporter.write_line(
-                f"rig: {self.left_out} tests ended in an earlier L1 and were left out"
-            )
+        if reporter is not None:
+            if self.left_out:
+                reporter.write_line(
+                    f"rig: {self.left_out} tests ended in an earlier L1 and were left out"
+                )
             for nodeid in failed_before:
                 reporter.write_line(f"FAILED in an earlier L1: {nodeid}")
+            for nodeid in self._earlier("again"):
+                reporter.write_line(f"rig: ran again after failing in an earlier L1: {nodeid}")
         if failed_before:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
         elif session.exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED and self.left_out:

@@ -68,6 +68,19 @@ def test_a_failure_before_the_death_still_fails_the_run(tmp_path: Path) -> None:
     assert "FAILED in an earlier L1: test_it.py::test_two" in second.stdout
 
 
+def test_a_test_marked_again_runs_once_more_alone(tmp_path: Path) -> None:
+    (tmp_path / "test_it.py").write_text(TESTS)
+    done = tmp_path / "done"
+    first = pytest_run(tmp_path, done, FAIL_TWO="1")
+    assert first.returncode == 1
+    # What scripts/nested-kvm.sh --retry-failed does before the next L1.
+    done.write_text(done.read_text().replace("failed ", "again "))
+    second = pytest_run(tmp_path, done)
+    assert second.returncode == 0, second.stdout
+    assert "1 passed, 3 deselected" in second.stdout
+    assert "ran again after failing in an earlier L1: test_it.py::test_two" in second.stdout
+
+
 def test_without_the_variable_nothing_is_written_or_left_out(tmp_path: Path) -> None:
     (tmp_path / "test_it.py").write_text(TESTS)
     env = {k: v for k, v in os.environ.items() if k != "PYVMM_RIG_DONE"}
