@@ -22,7 +22,8 @@
 #
 # Needs root the first time (apt-get install qemu-system-x86 busybox-static);
 # L1's kernel and initramfs (and QEMU from bookworm-backports if asked for)
-# are fetched and built once into $PYVMM_CACHE/nested (by default ~/.cache/pyvmm/nested).
+# are fetched and built once into $PYVMM_CACHE/nested (by default
+# ~/.cache/pyvmm/nested).
 # Env: NESTED_QEMU (system, or backports), NESTED_MEMORY (8G), NESTED_CPUS
 # (2), NESTED_CPU (EPYC-Rome,+svm,+npt: QEMU's "max" hung or crashed L1 in 4
 # of 9 runs), NESTED_TCG_THREAD (multi: one TCG thread per vCPU; with
@@ -67,8 +68,9 @@ fi
 # Under 10.0 the stock kernel booted in L2 in 26-37 s instead of about 50 and
 # L1 hung in 1 of 5 of those boots instead of most of them when L1 has one
 # CPU, but the small kernel's vmlinux triple-faulted in L2 while unpacking
-# its initramfs (its bzImage booted) and the tap test's transfer never
-# ended, neither of which 7.2 or PVM show: 7.2 stays the default.
+# its initramfs (its bzImage booted), the tap test's server never got its
+# data, and QEMU took about 40 s to end after L1 powered off; 7.2 and PVM
+# show none of these, so 7.2 stays the default.
 qemu_bin=qemu-system-x86_64
 qemu_share=()
 if [ "${NESTED_QEMU:-system}" = backports ]; then
