@@ -215,6 +215,10 @@ ended() {
 # saw no test end is the last.
 attempt=0
 fruitless=0
+# After a hang or a panic: was it an attempt in which no test ended?
+count_fruitless() {
+    if [ "$(ended)" -gt "$before" ]; then fruitless=0; else fruitless=$((fruitless + 1)); fi
+}
 while [ "$fruitless" -lt 3 ]; do
     attempt=$((attempt + 1))
     before=$(ended)
@@ -247,7 +251,7 @@ while [ "$fruitless" -lt 3 ]; do
     if [ "$outcome" = hung ]; then
         tail_of_l1
         say "L1 hung (no heartbeat for $hang s)"
-        [ "$(ended)" -gt "$before" ] && fruitless=0 || fruitless=$((fruitless + 1))
+        count_fruitless
         continue
     fi
     if [ -f "$work/status" ]; then
@@ -266,7 +270,7 @@ while [ "$fruitless" -lt 3 ]; do
     tail_of_l1
     if grep -q "Kernel panic" "$work/console.log"; then
         say "L1's kernel panicked"
-        [ "$(ended)" -gt "$before" ] && fruitless=0 || fruitless=$((fruitless + 1))
+        count_fruitless
         continue
     fi
     fail "L1 ended without running CMD to its end (QEMU failed?)"
