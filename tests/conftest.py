@@ -42,8 +42,9 @@ def rig_qemu() -> tuple[int, ...] | None:
 
 
 #: QEMU 7.2's SVM emulation does not pass an L2 guest's XSETBV on to L1's
-#: KVM: under scripts/nested-kvm.sh with that QEMU, a guest that enables
-#: XSAVE components itself never gets them. Not pyvmm's doing, and only there.
+#: KVM: under scripts/nested-kvm.sh with that QEMU and a CPU given XSAVE
+#: (its default CPU has none, for this reason), a guest that enables XSAVE
+#: components itself never gets them. Not pyvmm's doing, and only there.
 xsetbv_defect = pytest.mark.xfail(
     condition=(rig_qemu() or (0,))[:2] == (7, 2),
     reason="QEMU 7.2 does not pass the guest's XSETBV to L1's KVM (the rig's defect)",

@@ -133,6 +133,8 @@ def test_xsave_and_xrstor_in_kernel_mode(guests: Guests) -> None:
     XRSTOR, at CPL0: native on hardware KVM, carried out by pyvmm on PVM."""
     r = pyvmm("run", "--kernel", guests.elf, "--cmdline", "action=xsave", "--memory", "64M")
     assert r.returncode == 0, r.stderr
+    if "xsave: not supported" in r.stdout.splitlines():
+        pytest.skip("the CPU has no XSAVE (as under scripts/nested-kvm.sh)")
     assert "xsave: ok" in r.stdout.splitlines()
 
 
