@@ -285,3 +285,34 @@ def test_a_host_without_kvm_realtime_still_records_the_time() -> None:
     before = time.time_ns()
     saved = state.save_vm(vm)  # type: ignore[arg-type]
     assert before <= saved.realtime <= time.time_ns()
+
+
+class FakeStateVcpu:
+    """The setters restore_vcpu calls, recorded in order."""
+
+    def __init__(self) -> None:
+        self.set: list[str] = []
+
+    def set_state(self, what: str, data: bytes) -> None:
+        self.set.append(what)
+
+    def set_xsave_state(self, data: bytes) -> None:
+        self.set.append("xsave")
+
+    def set_msrs(self, values: dict[int, int]) -> int:
+        return len(values)
+
+
+@pytest.mark.parametrize("nr_xcrs", [0, 1])
+def test_xcrs_are_restored_only_where_some_were_saved(nr_xcrs: int) -> None:
+    """A host without XSAVE saves no XCRs (nr_xcrs 0) and its KVM refuses
+    KVM_SET_XCRS: the restore leaves them out there, and only there."""
+    from pyvmm.arch.x86_64 import state
+
+    xcrs = nr_xcrs.to_bytes(4, "little") + bytes(388)
+    structs = {name: b"" for name in state.VCPU_STRUCTS} | {"xcrs": xcrs}
+    saved = VcpuState(id=0, cpuid=[], structs=structs, xsave=b"", msrs={}, events=b"")
+    vcpu = FakeStateVcpu()
+    assert state.restore_vcpu(vcpu, saved) == []  # type: ignore[arg-type]
+    assert ("xcrs" in vcpu.set) == bool(nr_xcrs)
+    assert vcpu.set[-1] == "events" and "lapic" in vcpu.set
