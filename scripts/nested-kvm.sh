@@ -71,9 +71,10 @@ fi
 # Under 10.0 with L1's CPU and tick as below, the Linux boot tests
 # (tests/test_hardware_kvm.py, test_linux.py, test_linux_smp.py) passed at
 # the first try in 265 s where 7.2 ran past 700 s, but restored and
-# migrated test guests triple-faulted or started again at the reset vector
-# (tests/test_migration.py, test_snapshot.py), which 7.2 and PVM do not
-# show, so 7.2 stays the default.
+# migrated test guests triple-faulted (a migrating one did so once under
+# 7.2 too) or one started again at the reset vector (tests/test_migration.py,
+# test_snapshot.py), which PVM never shows; from one run of each, 7.2 stays
+# the default.
 qemu_bin=qemu-system-x86_64
 qemu_share=()
 if [ "${NESTED_QEMU:-system}" = backports ]; then
