@@ -112,9 +112,9 @@ def restore_vcpu(vcpu: Vcpu, state: VcpuState) -> list[int]:
     vcpu.set_state("regs", state.structs["regs"])
     vcpu.set_state("sregs", state.structs["sregs"])
     vcpu.set_xsave_state(state.xsave)
-    for name in ("xcrs", "debugregs", "lapic"):
-        if name == "xcrs" and not xcr_count(state.structs[name]):
-            continue  # a host without XSAVE: KVM has no XCRs and refuses any
+    if xcr_count(state.structs["xcrs"]):  # none from a host without XSAVE, whose KVM refuses any
+        vcpu.set_state("xcrs", state.structs["xcrs"])
+    for name in ("debugregs", "lapic"):
         vcpu.set_state(name, state.structs[name])
     refused = write_msrs(vcpu, state.msrs)
     vcpu.set_state("events", state.events)
