@@ -109,8 +109,14 @@ def put_file(machine: Console, host: str | os.PathLike[str], guest: str, timeout
 
 
 def set_clock(machine: Console, timeout: float) -> None:
-    """Set the guest's wall clock to the host's. ``date -s`` takes whole
-    seconds: the nearest one is named, so the guest is off by at most half
-    a second plus the command's way there (waiting for the next whole second
-    instead cost every restored guest half a second on average)."""
-    run(machine, f"date -u -s @{round(time.time())} > /dev/null", timeout)
+    """Set the guest's wall clock to the host's, from inside the guest:
+    ``hwclock -s`` reads the CMOS clock, which answers with the host's UTC
+    time at that moment, and sets the system clock in the same process. A
+    time typed in by the host (``date -s @T``) would be late by however
+    long the command took to reach the guest and start, which is seconds on
+    a busy host that emulates guest kernel mode. The CMOS clock has whole
+    seconds, so the guest ends up to one second behind whatever the load.
+    ``date -s`` with the host's time stays as the fallback, for a guest
+    without /dev/rtc."""
+    fallback = f"date -u -s @{round(time.time())} > /dev/null"
+    run(machine, f"hwclock -u -s 2> /dev/null || {fallback}", timeout)

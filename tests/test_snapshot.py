@@ -3,8 +3,6 @@ Python API and the command line; and every way a snapshot can be wrong."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 import signal
@@ -22,6 +20,7 @@ from pyvmm.snapshot.format import SnapshotError
 from tests.cli_util import one_line_error, pyvmm
 from tests.counting import goes_on, numbers
 from tests.guests.build import Guests
+from tests.snapshot_util import rewrite
 
 pytestmark = [pytest.mark.usefixtures("kvm"), pytest.mark.hwkvm]
 
@@ -150,21 +149,6 @@ def test_cli_snapshot_on_sigusr1(guests: Guests, tmp_path: Path) -> None:
         _, err = proc.communicate()
     assert "snapshot saved to" in err
     store.load(snap)  # whole and valid
-
-
-def rewrite(path: Path, change: dict[str, object]) -> None:
-    """Edit the state file and give it a matching checksum, as a hand-made
-    (or foreign) snapshot would have."""
-    doc = json.loads((path / store.STATE).read_bytes())
-    for dotted, value in change.items():
-        where = doc
-        *parents, last = dotted.split(".")
-        for key in parents:
-            where = where[key]
-        where[last] = value
-    data = json.dumps(doc).encode()
-    (path / store.STATE).write_bytes(data)
-    (path / store.CHECKSUM).write_text(hashlib.sha256(data).hexdigest())
 
 
 @pytest.mark.parametrize(
