@@ -274,6 +274,31 @@ def test_a_restored_clock_moves_on_by_the_time_on_disk() -> None:
     assert vm.set[-1] == 5 * 10**9  # too far to jump: the guest catches up itself
 
 
+def test_the_tsc_moves_on_with_the_clock_at_the_vcpus_rate() -> None:
+    """A guest keeping time with the TSC sees the time on disk too: 7 s at
+    2.3 GHz; nothing else changes, and nothing moves where the VM's clock
+    could not be moved either."""
+    from pyvmm.arch.x86_64 import msr, state
+
+    saved_vm = state.VmState(irqchips={}, pit=b"", clock=5 * 10**9, clock_flags=0,
+                             realtime=1000 * 10**9)  # fmt: skip
+    vcpu = VcpuState(id=0, cpuid=[], structs={}, xsave=b"", events=b"", tsc_khz=2_300_000,
+                     msrs={msr.MSR_IA32_TSC: 10**12, msr.MSR_LSTAR: 0xFFFF})  # fmt: skip
+    away = state.time_away(saved_vm, 1007 * 10**9)
+    assert away == 7 * 10**9
+    assert state.tsc_moved_on(vcpu, away) == {
+        msr.MSR_IA32_TSC: 10**12 + 7 * 2_300_000_000,
+        msr.MSR_LSTAR: 0xFFFF,
+    }
+    assert vcpu.msrs[msr.MSR_IA32_TSC] == 10**12  # the saved state is left as it was
+    late = 1000 * 10**9 + state.CLOCK_JUMP_MAX_NS + 1
+    assert state.time_away(saved_vm, late) == 0
+    assert state.time_away(saved_vm, 999 * 10**9) == 0  # saved "in the future"
+    assert state.tsc_moved_on(vcpu, 0) == vcpu.msrs
+    unknown_rate = VcpuState(id=0, cpuid=[], structs={}, xsave=b"", events=b"", msrs=vcpu.msrs)
+    assert state.tsc_moved_on(unknown_rate, away) == vcpu.msrs
+
+
 def test_a_host_without_kvm_realtime_still_records_the_time() -> None:
     """KVM pairs its clock with CLOCK_REALTIME only on a TSC clocksource
     (not under the nested rig): pyvmm then reads the time itself."""

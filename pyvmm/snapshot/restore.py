@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pyvmm.arch.x86_64 import cpuid
-from pyvmm.arch.x86_64.state import restore_clock, restore_vcpu, restore_vm
+from pyvmm.arch.x86_64.state import restore_clock, restore_vcpu, restore_vm, time_away
 from pyvmm.devices.virtio.console import CommandIO
 from pyvmm.kvm import KvmError
 from pyvmm.snapshot import store
@@ -150,14 +150,15 @@ def restore_state(vmm: Vmm, snap: Snapshot, trace: boot_trace.BootTrace) -> None
     restore_vm(vmm.vm, snap.vm)
     if trace:
         trace.step("restore the PICs, the I/O APIC and the PIT (arch.x86_64.state.restore_vm)")
+    away = time_away(snap.vm, time.time_ns())
     for vcpu, state in zip(vmm.vcpus, snap.vcpus, strict=True):
-        refused = restore_vcpu(vcpu, state)
+        refused = restore_vcpu(vcpu, state, away)
         if refused:
             raise ValueError(f"KVM refused MSRs {', '.join(hex(i) for i in refused)}")
         if trace:
             trace.step(
                 f"restore vCPU {vcpu.id} (arch.x86_64.state.restore_vcpu)",
-                boot_trace.restored_vcpu_lines(state),
+                boot_trace.restored_vcpu_lines(state, away),
             )
     vmm.devices.restore(snap.devices)
     if vmm.emulation is not None:

@@ -236,21 +236,27 @@ def snapshot_lines(snap: Any) -> list[str]:
     ]
 
 
-def restored_vcpu_lines(state: Any) -> list[str]:
-    """One restored vCPU (pyvmm.arch.x86_64.state.VcpuState)."""
+def restored_vcpu_lines(state: Any, away_ns: int = 0) -> list[str]:
+    """One restored vCPU (pyvmm.arch.x86_64.state.VcpuState); ``away_ns``:
+    how far its TSC was moved on."""
     sizes = ", ".join(f"{name} {len(data)}" for name, data in state.structs.items())
+    tsc = (
+        f", the TSC moved on by {away_ns / 1e9:.3f} s at {state.tsc_khz} kHz"
+        if away_ns and state.tsc_khz
+        else ""
+    )
     return [
         f"KVM_SET_CPUID2 with its saved {len(state.cpuid)} leaves (when it was created)",
         f"structs (bytes): {sizes}; XSAVE area {len(state.xsave)}; events {len(state.events)}",
-        f"{len(state.msrs)} MSRs (KVM_GET_MSR_INDEX_LIST's), after the LAPIC",
+        f"{len(state.msrs)} MSRs (KVM_GET_MSR_INDEX_LIST's), after the LAPIC{tsc}",
     ]
 
 
 def clock_lines(clock_ns: int, behind_ns: int) -> list[str]:
     if not behind_ns:
         return [
-            f"KVM_SET_CLOCK {clock_ns} ns, KVM_CLOCK_REALTIME: moved on by the time the "
-            "snapshot spent on disk, so the guest's wall clock is right",
+            f"KVM_SET_CLOCK {clock_ns} ns, moved on by the time the snapshot spent "
+            "on disk (as the TSC was), so the guest's wall clock is right",
             "KVM_KVMCLOCK_CTRL on each vCPU: the guest learns it was stopped",
         ]
     return [

@@ -23,6 +23,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from pyvmm.arch.x86_64.msr import MSR_IA32_TSC
 from pyvmm.kvm import CpuidEntry, KvmError, Vcpu, Vm, lib
 
 #: The per-vCPU structs saved whole, in the order they are restored.
@@ -105,9 +106,10 @@ def save_vcpu(vcpu: Vcpu, msr_indices: list[int], xsave_size: int) -> VcpuState:
     )
 
 
-def restore_vcpu(vcpu: Vcpu, state: VcpuState) -> list[int]:
+def restore_vcpu(vcpu: Vcpu, state: VcpuState, away_ns: int = 0) -> list[int]:
     """Put a saved state into a vCPU that has its CPUID already; returns the
-    MSRs KVM refused (none, on the same kind of host)."""
+    MSRs KVM refused (none, on the same kind of host). ``away_ns``: how far
+    to move the TSC on (:func:`time_away`)."""
     vcpu.set_state("mp_state", state.structs["mp_state"])
     vcpu.set_state("regs", state.structs["regs"])
     vcpu.set_state("sregs", state.structs["sregs"])
@@ -116,9 +118,22 @@ def restore_vcpu(vcpu: Vcpu, state: VcpuState) -> list[int]:
         vcpu.set_state("xcrs", state.structs["xcrs"])
     for name in ("debugregs", "lapic"):
         vcpu.set_state(name, state.structs[name])
-    refused = write_msrs(vcpu, state.msrs)
+    refused = write_msrs(vcpu, tsc_moved_on(state, away_ns))
     vcpu.set_state("events", state.events)
     return refused
+
+
+def tsc_moved_on(state: VcpuState, away_ns: int) -> dict[int, int]:
+    """The saved MSRs with the TSC moved on by ``away_ns`` at the vCPU's
+    own rate. KVM sets the TSC to what it is given (a write from the host
+    synchronizes it, KVM API "KVM_SET_MSRS"), so a guest that keeps time
+    with the TSC, as Linux does where the CPU says its TSC is invariant,
+    would otherwise miss the time spent saved, whatever the KVM clock says.
+    The deadline of its TSC timer, now past, fires at once."""
+    msrs = dict(state.msrs)
+    if away_ns and state.tsc_khz and MSR_IA32_TSC in msrs:
+        msrs[MSR_IA32_TSC] = (msrs[MSR_IA32_TSC] + away_ns * state.tsc_khz // 10**6) % 2**64
+    return msrs
 
 
 def xcr_count(xcrs: bytes) -> int:
@@ -153,25 +168,33 @@ def restore_vm(vm: Vm, state: VmState) -> None:
     vm.set_pit2(state.pit)
 
 
-#: The longest time a restored guest's clock is moved forward by. Linux 6.1
-#: converts a clock reading into nanoseconds with a multiplication that
-#: overflows for deltas beyond about half an hour (kvm-clock's max_cycles),
-#: and an idle CPU may go 15 minutes between ticks: a larger jump can read
-#: as garbage, even backwards, until the next tick.
+#: The longest time a restored guest's clocks are moved forward by. Linux
+#: 6.1 converts a clock reading into nanoseconds with a multiplication that
+#: overflows for deltas beyond about half an hour for kvm-clock (its
+#: max_cycles), and an idle CPU may go 15 minutes between ticks: a larger
+#: jump can read as garbage, even backwards, until the next tick. (For the
+#: TSC the bound is lower, about 16 minutes at 2.3 GHz; on PVM hosts the
+#: guest's TSC is the host's, and restored guests there ride through jumps
+#: of hours.)
 CLOCK_JUMP_MAX_NS = 15 * 60 * 10**9
+
+
+def time_away(state: VmState, now_realtime: int) -> int:
+    """How long (ns) the VM was saved, if its clocks may be moved on by it
+    (at most CLOCK_JUMP_MAX_NS), else 0."""
+    elapsed = now_realtime - state.realtime
+    return elapsed if state.realtime and 0 <= elapsed <= CLOCK_JUMP_MAX_NS else 0
 
 
 def restore_clock(vm: Vm, state: VmState, now_realtime: int) -> int:
     """Set the KVM clock. Returns how far (ns) the guest's clock is behind
     the host's wall clock afterwards: 0 when the clock could be moved
-    forward by the time the snapshot spent on disk (within
-    CLOCK_JUMP_MAX_NS), else that time, which the guest must catch up on
-    itself (its monotonic clock simply continues). The sum is done here,
-    not with KVM_SET_CLOCK's KVM_CLOCK_REALTIME, which kernels before 5.16
-    refuse."""
-    elapsed = now_realtime - state.realtime
-    if state.realtime and 0 <= elapsed <= CLOCK_JUMP_MAX_NS:
-        vm.set_clock(state.clock + elapsed)
+    forward by the time the snapshot spent on disk (:func:`time_away`),
+    else that time, which the guest must catch up on itself (its monotonic
+    clock simply continues). The sum is done here, not with KVM_SET_CLOCK's
+    KVM_CLOCK_REALTIME, which kernels before 5.16 refuse."""
+    away = time_away(state, now_realtime)
+    vm.set_clock(state.clock + away)
+    if away or not state.realtime:
         return 0
-    vm.set_clock(state.clock)
-    return max(elapsed, 0) if state.realtime else 0
+    return max(now_realtime - state.realtime, 0)
