@@ -170,12 +170,12 @@ def restore_vm(vm: Vm, state: VmState) -> None:
 
 #: The longest time a restored guest's clocks are moved forward by. Linux
 #: 6.1 converts a clock reading into nanoseconds with a multiplication that
-#: overflows for deltas beyond about half an hour for kvm-clock (its
-#: max_cycles), and an idle CPU may go 15 minutes between ticks: a larger
-#: jump can read as garbage, even backwards, until the next tick. (For the
-#: TSC the bound is lower, about 16 minutes at 2.3 GHz; on PVM hosts the
-#: guest's TSC is the host's, and restored guests there ride through jumps
-#: of hours.)
+#: overflows beyond the clocksource's max_cycles (about 33 minutes for
+#: kvm-clock, 16 for the TSC at 2.3 GHz), counted from the last tick, and
+#: an idle CPU may go 15 minutes (7 with the TSC) between ticks: a larger
+#: jump can read as garbage, even backwards, until the next tick, which a
+#: restored guest takes at once. On PVM hosts, whose guests' TSC is the
+#: host's, guests on the TSC ride through jumps of hours.
 CLOCK_JUMP_MAX_NS = 15 * 60 * 10**9
 
 
