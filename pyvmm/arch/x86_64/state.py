@@ -125,11 +125,12 @@ def restore_vcpu(vcpu: Vcpu, state: VcpuState, away_ns: int = 0) -> list[int]:
 
 def tsc_moved_on(state: VcpuState, away_ns: int) -> dict[int, int]:
     """The saved MSRs with the TSC moved on by ``away_ns`` at the vCPU's
-    own rate. KVM sets the TSC to what it is given (a write from the host
-    synchronizes it, KVM API "KVM_SET_MSRS"), so a guest that keeps time
-    with the TSC, as Linux does where the CPU says its TSC is invariant,
-    would otherwise miss the time spent saved, whatever the KVM clock says.
-    The deadline of its TSC timer, now past, fires at once."""
+    own rate. KVM sets the TSC to what the host writes (to the other
+    vCPUs' when that is within a second of theirs, so they stay in step),
+    so a guest that keeps time with the TSC, as Linux does where the CPU
+    says its TSC is invariant, would otherwise miss the time spent saved,
+    whatever the KVM clock says. The deadline of its TSC timer, now past,
+    fires at once."""
     msrs = dict(state.msrs)
     if away_ns and state.tsc_khz and MSR_IA32_TSC in msrs:
         msrs[MSR_IA32_TSC] = (msrs[MSR_IA32_TSC] + away_ns * state.tsc_khz // 10**6) % 2**64
