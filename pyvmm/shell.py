@@ -109,14 +109,20 @@ def put_file(machine: Console, host: str | os.PathLike[str], guest: str, timeout
 
 
 def set_clock(machine: Console, timeout: float) -> None:
-    """Set the guest's wall clock to the host's, from inside the guest:
-    ``hwclock -s`` reads the CMOS clock, which answers with the host's UTC
-    time at that moment, and sets the system clock in the same process. A
-    time typed in by the host (``date -s @T``) would be late by however
-    long the command took to reach the guest and start, which is seconds on
-    a busy host that emulates guest kernel mode. The CMOS clock has whole
-    seconds, so the guest ends up to one second behind whatever the load.
-    ``date -s`` with the host's time stays as the fallback, for a guest
-    without /dev/rtc."""
-    fallback = f"date -u -s @{round(time.time())} > /dev/null"
-    run(machine, f"hwclock -u -s 2> /dev/null || {fallback}", timeout)
+    """Set the guest's wall clock to the host's, from inside the guest,
+    where it is not right already. ``hwclock -s`` reads the CMOS clock,
+    which answers with the host's UTC time at that moment, and sets the
+    system clock in the same process. A time typed in by the host (``date
+    -s @T``) would be late by however long the command took to reach the
+    guest and start, which is seconds on a busy host that emulates guest
+    kernel mode. The CMOS clock has whole seconds, so the guest ends up to
+    one second behind whatever the load. A guest whose clock already reads
+    at least the second before the host's when the command was sent is
+    left alone, by a shell builtin that starts no process: on PVM hosts a
+    guest that keeps time with the TSC (the host's there) has seen the time
+    on disk. ``date -s`` with the host's time stays as the fallback, for a
+    guest without /dev/rtc."""
+    sent = time.time()
+    fallback = f"date -u -s @{round(sent)} > /dev/null"
+    right = f"[ $EPOCHSECONDS -ge {int(sent) - 1} ]"  # busybox ash and bash
+    run(machine, f"{right} || hwclock -u -s 2> /dev/null || {fallback}", timeout)
