@@ -1,11 +1,13 @@
-"""Editing a snapshot's state file from tests."""
+"""Editing a snapshot's state file, and judging a clone's clock, from tests."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 
+import pyvmm
 from pyvmm.snapshot import store
 
 
@@ -23,3 +25,11 @@ def rewrite(path: Path, change: dict[str, object]) -> None:
     data = json.dumps(doc).encode()
     (path / store.STATE).write_bytes(data)
     (path / store.CHECKSUM).write_text(hashlib.sha256(data).hexdigest())
+
+
+def clock_error(machine: pyvmm.Machine) -> float:
+    """How far (s) the guest's ``date +%s`` lay outside the host's time
+    while run() waited for it: 0 when within."""
+    before = time.time()
+    said = int(machine.run("date +%s").output)
+    return min(0, said - int(before)) + max(0, said - time.time())
